@@ -1,0 +1,333 @@
+/**
+ * Accepts WebSocket upgrades and runs every connection as a supervised actor.
+ *
+ * `accept(request)` checks the upgrade (origin, subprotocol, limits, authentication), completes
+ * the handshake with `ws`, and forks the connection's fiber into the manager's `FiberSet`. The
+ * fiber runs the heartbeat `Schedule`; the socket's close event interrupts it, and its exit
+ * closes the connection's scope, which gives back its slot, its user index entry and its
+ * channel subscriptions, however the connection ended.
+ *
+ * @since 0.1.0
+ */
+import type * as HttpServerRequest from "@effect/platform/HttpServerRequest"
+import {
+  Cause,
+  Config,
+  Context,
+  Duration,
+  Effect,
+  Either,
+  Exit,
+  FiberSet,
+  Layer,
+  Option,
+  Scope
+} from "effect"
+import type { ConfigError } from "effect/ConfigError"
+import { randomUUID } from "node:crypto"
+import type WebSocket from "ws"
+import type { Connection, ConnectionContext } from "./Connection.js"
+import type { AcceptError, InvalidOptions } from "./errors.js"
+import { ConnectionTimeout, HandshakeFailed, HeartbeatTimeout, ManagerClosed } from "./errors.js"
+import type { MessageEncodeError } from "./errors.js"
+import * as Heartbeat from "./Heartbeat.js"
+import { authenticate } from "./internal/authenticate.js"
+import { ConnectionImpl } from "./internal/connection.js"
+import * as Encode from "./internal/encode.js"
+import * as Handshake from "./internal/handshake.js"
+import type { Reservation } from "./internal/registry.js"
+import { ConnectionRegistry } from "./internal/registry.js"
+import { rawUpgradeOf, UpgradeResponse } from "./internal/upgrade.js"
+import type { RawUpgrade } from "./internal/upgrade.js"
+import type { WebSocketManagerConfig } from "./options.js"
+import { decode, WebSocketManagerOptions } from "./options.js"
+
+export type { WebSocketManagerConfig, WebSocketManagerOptions } from "./options.js"
+
+/**
+ * @since 0.1.0
+ * @category type ids
+ */
+export const TypeId: unique symbol = Symbol.for("effect-websocket-manager/WebSocketManager")
+
+/**
+ * @since 0.1.0
+ * @category type ids
+ */
+export type TypeId = typeof TypeId
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface AcceptOptions {
+  /** Insist on this subprotocol: the client must offer it, or the upgrade is refused with 400. */
+  readonly protocol?: string | undefined
+  /**
+   * The connection's behaviour. It runs as long as the connection: when it completes the
+   * connection closes with 1000, when it fails the connection closes with 1011, and nothing
+   * else is affected.
+   */
+  readonly handler?: ((connection: Connection) => Effect.Effect<unknown, unknown>) | undefined
+}
+
+/**
+ * What `accept` resolves to: the open socket, the response to return from a fetch handler, and
+ * what is known of the connection.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Accepted {
+  readonly socket: WebSocket
+  readonly response: Response
+  readonly context: ConnectionContext
+  readonly connection: Connection
+}
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export type BroadcastFilter = (socket: WebSocket, context: ConnectionContext) => boolean
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface Stats {
+  /** Open connections. */
+  readonly connections: number
+  /** Upgrades being authenticated. */
+  readonly pending: number
+  /** Live connection fibers. */
+  readonly fibers: number
+}
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface WebSocketManager {
+  readonly [TypeId]: TypeId
+  readonly config: WebSocketManagerConfig
+  readonly accept: (
+    request: Request | HttpServerRequest.HttpServerRequest,
+    options?: AcceptOptions
+  ) => Effect.Effect<Accepted, AcceptError>
+  readonly activeConnections: Effect.Effect<number>
+  readonly connections: Effect.Effect<ReadonlyArray<Connection>>
+  readonly userConnections: (userId: string) => Effect.Effect<ReadonlyArray<Connection>>
+  /** Encodes once, frames once, writes to every open connection the filter keeps; the count reached. */
+  readonly broadcast: (message: unknown, filter?: BroadcastFilter) => Effect.Effect<number, MessageEncodeError>
+  /**
+   * Stops accepting, sends every connection a close frame after what is already queued for it,
+   * waits for the close handshakes up to `closeTimeout`, then cuts the rest.
+   */
+  readonly close: (code?: number, reason?: string) => Effect.Effect<void>
+  readonly stats: Effect.Effect<Stats>
+}
+
+/**
+ * @since 0.1.0
+ * @category tags
+ */
+export const WebSocketManager: Context.Tag<WebSocketManager, WebSocketManager> = Context.GenericTag<WebSocketManager>(
+  "effect-websocket-manager/WebSocketManager"
+)
+
+const webRequestOf = (request: Request | HttpServerRequest.HttpServerRequest): Request | undefined => {
+  if (request instanceof Request) return request
+  return request.source instanceof Request ? request.source : undefined
+}
+
+const contextOf = (
+  request: Request,
+  raw: RawUpgrade,
+  socket: WebSocket,
+  userId: string | undefined,
+  user: unknown
+): ConnectionContext => ({
+  id: randomUUID(),
+  userId,
+  user,
+  protocol: socket.protocol,
+  extensions: socket.extensions,
+  remoteAddress: raw.request.socket.remoteAddress ?? "",
+  url: request.url,
+  // Node built this object for the handshake already; sharing it costs nothing per connection.
+  headers: raw.request.headers,
+  connectedAt: new Date()
+})
+
+/**
+ * @since 0.1.0
+ * @category constructors
+ */
+export const make = (
+  options?: WebSocketManagerOptions
+): Effect.Effect<WebSocketManager, InvalidOptions, Scope.Scope> =>
+  Effect.gen(function*() {
+    const config = yield* decode(WebSocketManagerOptions, options)
+    const server = Handshake.makeServer(config)
+    const registry = new ConnectionRegistry(config)
+    const fibers = yield* FiberSet.make<unknown, unknown>()
+    const runFork = yield* FiberSet.runtime(fibers)<never>()
+    let closing = false
+
+    const end = (connection: ConnectionImpl, exit: Exit.Exit<unknown, unknown>) =>
+      Effect.suspend(() => {
+        // A peer that missed its heartbeat gets no close handshake it could not answer.
+        if (Exit.isFailure(exit) && Cause.failureOption(exit.cause).pipe(Option.exists((e) => e instanceof HeartbeatTimeout))) {
+          connection.terminate()
+        }
+        if (connection.isOpen && !closing) connection.closeSocket(1001, "Going away")
+        const logFailure = connection.failure === undefined
+          ? Effect.void
+          : Effect.logWarning(connection.failure.message, connection.failure.cause)
+        return Effect.zipRight(logFailure, Scope.close(connection.scope, exit))
+      })
+
+    const runHandler = (connection: ConnectionImpl, handler: NonNullable<AcceptOptions["handler"]>) =>
+      handler(connection).pipe(
+        Effect.matchCauseEffect({
+          onFailure: (cause) =>
+            Cause.isInterruptedOnly(cause) ? Effect.void : Effect.sync(() => connection.fail(Cause.squash(cause))),
+          onSuccess: () => connection.close(1000, "")
+        }),
+        Effect.forkIn(connection.scope)
+      )
+
+    const lifecycle = (connection: ConnectionImpl, handler: AcceptOptions["handler"]) => {
+      const heartbeat = config.heartbeatInterval > 0
+        ? Heartbeat.run(connection, config.heartbeatInterval, config.heartbeatTimeout)
+        : Effect.never
+      const body = handler === undefined ? heartbeat : Effect.zipRight(runHandler(connection, handler), heartbeat)
+      return Effect.onExit(body, (exit) => end(connection, exit))
+    }
+
+    const establish = (
+      request: Request,
+      raw: RawUpgrade,
+      offered: ReadonlyArray<string>,
+      protocol: string,
+      reservation: Reservation,
+      handler: AcceptOptions["handler"]
+    ) =>
+      Effect.gen(function*() {
+        const identity = yield* authenticate(config.authentication, request, offered)
+        if (identity.userId !== undefined) yield* registry.reserveUser(reservation, identity.userId)
+        if (closing) return yield* new ManagerClosed()
+        const socket = yield* Handshake.complete(server, raw, protocol)
+        const scope = yield* Scope.make()
+        const connection = new ConnectionImpl(socket, contextOf(request, raw, socket, identity.userId, identity.user), scope)
+        registry.add(connection)
+        yield* Scope.addFinalizer(scope, Effect.sync(() => registry.remove(connection, reservation)))
+        connection.fiber = runFork(lifecycle(connection, handler))
+        const accepted: Accepted = {
+          socket,
+          response: new UpgradeResponse(),
+          context: connection.context,
+          connection
+        }
+        return accepted
+      })
+
+    const accept: WebSocketManager["accept"] = (input, acceptOptions) =>
+      Effect.gen(function*() {
+        if (closing) return yield* new ManagerClosed()
+        const request = webRequestOf(input)
+        if (request === undefined) {
+          return yield* new HandshakeFailed({
+            reason: "NoUnderlyingSocket",
+            detail: "serve the app with NodeServer so its upgrades can be accepted"
+          })
+        }
+        yield* Handshake.checkUpgrade(request)
+        const raw = rawUpgradeOf(request)
+        if (raw === undefined) {
+          return yield* new HandshakeFailed({
+            reason: "NoUnderlyingSocket",
+            detail: "the request did not come through the Node adapter (serve, attach or NodeServer)"
+          })
+        }
+        yield* Handshake.checkOrigin(request, config.allowedOrigins)
+        const offered = Handshake.offeredProtocols(request)
+        const protocol = yield* Handshake.negotiateProtocol(offered, config.protocols, acceptOptions?.protocol)
+        const reservation = yield* registry.reserve(raw.request.socket.remoteAddress ?? "")
+        return yield* establish(request, raw, offered, protocol, reservation, acceptOptions?.handler).pipe(
+          Effect.onError(() => Effect.sync(() => registry.release(reservation)))
+        )
+      }).pipe(
+        Effect.timeoutFail({
+          duration: Duration.millis(config.connectionTimeout),
+          onTimeout: () => new ConnectionTimeout({ timeoutMillis: config.connectionTimeout })
+        })
+      )
+
+    const broadcast: WebSocketManager["broadcast"] = (message, filter) =>
+      Effect.suspend(() => {
+        const encoded = Encode.encode(message)
+        if (Either.isLeft(encoded)) return Effect.fail(encoded.left)
+        // The filter runs over every connection before any write, so one that throws delivers nothing.
+        const targets = filter === undefined
+          ? registry.connections.values()
+          : Array.from(registry.connections.values()).filter((c) => filter(c.socket, c.context))
+        let reached = 0
+        for (const connection of targets) {
+          if (Encode.write(connection.socket, encoded.right)) reached++
+        }
+        return Effect.succeed(reached)
+      })
+
+    const close: WebSocketManager["close"] = (code = 1001, reason = "Server shutdown") =>
+      Effect.gen(function*() {
+        closing = true
+        for (const connection of registry.connections.values()) connection.closeSocket(code, reason)
+        const drained = yield* FiberSet.awaitEmpty(fibers).pipe(
+          Effect.timeout(Duration.millis(config.closeTimeout)),
+          Effect.option
+        )
+        if (Option.isNone(drained)) {
+          for (const connection of registry.connections.values()) connection.terminate()
+          yield* FiberSet.awaitEmpty(fibers)
+        }
+      })
+
+    yield* Effect.addFinalizer(() => close())
+
+    const manager: WebSocketManager = {
+      [TypeId]: TypeId,
+      config,
+      accept,
+      activeConnections: Effect.sync(() => registry.size),
+      connections: Effect.sync(() => Array.from(registry.connections.values())),
+      userConnections: (userId) => Effect.sync(() => registry.ofUser(userId)),
+      broadcast,
+      close,
+      stats: Effect.sync(() => ({
+        connections: registry.size,
+        pending: registry.pending,
+        fibers: 0
+      })).pipe(Effect.zipWith(FiberSet.size(fibers), (stats, size) => ({ ...stats, fibers: size })))
+    }
+    return manager
+  })
+
+/**
+ * @since 0.1.0
+ * @category layers
+ */
+export const layer = (options?: WebSocketManagerOptions): Layer.Layer<WebSocketManager, InvalidOptions> =>
+  Layer.scoped(WebSocketManager, make(options))
+
+/**
+ * The manager with its options read from `Config`, e.g. `Config.integer("WS_MAX_CONNECTIONS")`.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerConfig = (
+  config: Config.Config.Wrap<WebSocketManagerOptions>
+): Layer.Layer<WebSocketManager, InvalidOptions | ConfigError> =>
+  Layer.scoped(WebSocketManager, Effect.flatMap(Config.unwrap(config), make))

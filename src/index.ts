@@ -1,0 +1,11 @@
+/**
+ * The Effect API: services, Layers, tagged errors and Streams.
+ *
+ * @since 0.1.0
+ */
+export * as Connection from "./Connection.js"
+export * from "./errors.js"
+export * as Heartbeat from "./Heartbeat.js"
+export * as NodeServer from "./node/NodeServer.js"
+export * as Options from "./options.js"
+export * as WebSocketManager from "./WebSocketManager.js"

@@ -1,0 +1,146 @@
+/**
+ * The connection actor's state. One `ManagedWebSocket` and one `ConnectionImpl` per connection,
+ * and no listeners of our own on the socket: `emit` is the single hook through which liveness,
+ * the end of the connection and a throwing user listener reach the actor, so users' listeners
+ * get `ws`'s events first-hand and a connection costs no closures.
+ */
+import { Effect, Either, Exit, Fiber, FiberId, Option, Scope, Stream } from "effect"
+import WebSocket from "ws"
+import type { CloseInfo, Connection, ConnectionContext, Message } from "../Connection.js"
+import { HandlerFailed, SocketNotOpen } from "../errors.js"
+import type { MessageEncodeError } from "../errors.js"
+import * as Encode from "./encode.js"
+
+export const TypeId: unique symbol = Symbol.for("effect-websocket-manager/Connection")
+
+export type TypeId = typeof TypeId
+
+/** WebSocket close code for an unexpected condition on the server (RFC 6455 §7.4.1). */
+export const CLOSE_INTERNAL_ERROR = 1011
+
+/**
+ * `ws`'s server socket, with the connection it belongs to. `ws` constructs it through the
+ * `WebSocket` option of its server, so every accepted socket is one of these.
+ */
+export class ManagedWebSocket extends WebSocket {
+  connection: ConnectionImpl | undefined = undefined
+  /** `Date.now()` of the last pong or message: any inbound traffic proves the peer alive. */
+  lastSeen = Date.now()
+
+  override emit(event: string | symbol, ...args: Array<any>): boolean {
+    if (event === "message" || event === "pong") this.lastSeen = Date.now()
+    // ws emits 'error' before closing with the matching code (1002, 1007, 1009); with nobody
+    // listening, EventEmitter would throw it and take the process down.
+    if (event === "error" && this.listenerCount("error") === 0) return false
+    try {
+      return super.emit(event, ...args)
+    } catch (cause) {
+      // A throwing listener would otherwise unwind into ws's parser and crash the process.
+      this.connection?.fail(cause)
+      return true
+    } finally {
+      if (event === "close") this.connection?.ended(args[0], args[1])
+    }
+  }
+}
+
+export class ConnectionImpl implements Connection {
+  readonly [TypeId]: TypeId = TypeId
+  fiber: Fiber.RuntimeFiber<unknown, unknown> | undefined = undefined
+  /** When the outstanding heartbeat ping was sent; 0 when none is outstanding. */
+  pingSentAt = 0
+  failure: HandlerFailed | undefined = undefined
+  closeInfo: CloseInfo | undefined = undefined
+
+  constructor(
+    readonly socket: ManagedWebSocket,
+    readonly context: ConnectionContext,
+    readonly scope: Scope.CloseableScope
+  ) {
+    socket.connection = this
+  }
+
+  get id(): string {
+    return this.context.id
+  }
+
+  /** A user handler failed: close this connection, and only this one, with 1011. */
+  fail(cause: unknown): void {
+    this.failure ??= new HandlerFailed({ connectionId: this.id, cause })
+    this.closeSocket(CLOSE_INTERNAL_ERROR, "Internal error")
+  }
+
+  /** The socket is closed: end the actor, whose finalizers release what it held. */
+  ended(code: number, reason: Buffer | string): void {
+    this.closeInfo ??= { code, reason: reason.toString() }
+    this.fiber?.unsafeInterruptAsFork(FiberId.none)
+  }
+
+  /** The one place a connection is closed: a close handshake, or a cut when it cannot finish. */
+  closeSocket(code: number, reason: string): void {
+    const state = this.socket.readyState
+    if (state === WebSocket.OPEN) this.socket.close(code, reason)
+    else if (state === WebSocket.CONNECTING) this.socket.terminate()
+  }
+
+  terminate(): void {
+    this.socket.terminate()
+  }
+
+  get isOpen(): boolean {
+    return this.socket.readyState === WebSocket.OPEN
+  }
+
+  send(message: unknown): Effect.Effect<void, MessageEncodeError | SocketNotOpen> {
+    return Effect.suspend((): Effect.Effect<void, MessageEncodeError | SocketNotOpen> => {
+      const encoded = Encode.encode(message)
+      if (Either.isLeft(encoded)) return Effect.fail(encoded.left)
+      return Encode.write(this.socket, encoded.right)
+        ? Effect.void
+        : Effect.fail(new SocketNotOpen({ readyState: this.socket.readyState }))
+    })
+  }
+
+  close(code = 1000, reason = ""): Effect.Effect<void> {
+    return Effect.sync(() => this.closeSocket(code, reason))
+  }
+
+  get closed(): Effect.Effect<CloseInfo> {
+    return Effect.async<CloseInfo>((resume) => {
+      if (this.closeInfo !== undefined) return resume(Effect.succeed(this.closeInfo))
+      const onClose = (code: number, reason: Buffer) => resume(Effect.succeed({ code, reason: reason.toString() }))
+      this.socket.once("close", onClose)
+      return Effect.sync(() => this.socket.off("close", onClose))
+    })
+  }
+
+  /** Built only when consumed; messages are handed over in chunks by the stream's buffer. */
+  get messages(): Stream.Stream<Message> {
+    return Stream.asyncPush<Message>((emit) =>
+      Effect.acquireRelease(
+        Effect.sync(() => {
+          const onMessage = (data: Buffer, isBinary: boolean) => emit.single(isBinary ? data : data.toString())
+          const onClose = () => emit.end()
+          if (this.closeInfo !== undefined) emit.end()
+          this.socket.on("message", onMessage)
+          this.socket.once("close", onClose)
+          return { onMessage, onClose }
+        }),
+        ({ onClose, onMessage }) =>
+          Effect.sync(() => {
+            this.socket.off("message", onMessage)
+            this.socket.off("close", onClose)
+          })
+      ), { bufferSize: "unbounded" })
+  }
+}
+
+/** The connection a socket belongs to, if the socket was accepted by a WebSocketManager. */
+export const fromSocket = (socket: unknown): Option.Option<ConnectionImpl> =>
+  socket instanceof ManagedWebSocket && socket.connection !== undefined
+    ? Option.some(socket.connection)
+    : Option.none()
+
+/** Closes the connection's scope with how the actor ended, so subscriptions and counts are released. */
+export const release = (connection: ConnectionImpl, exit: Exit.Exit<unknown, unknown>) =>
+  Scope.close(connection.scope, exit)

@@ -1,0 +1,99 @@
+/**
+ * The one registry of live connections, with the counts the limits are checked against.
+ *
+ * Counts include connections still being accepted (authenticating), so concurrent upgrades
+ * cannot overshoot a limit: a slot is reserved before authentication and either becomes a
+ * connection or is given back.
+ */
+import { Either } from "effect"
+import { ConnectionLimitExceeded } from "../errors.js"
+import type { WebSocketManagerConfig } from "../options.js"
+import type { ConnectionImpl } from "./connection.js"
+
+export interface Reservation {
+  readonly ip: string
+  userId: string | undefined
+  released: boolean
+}
+
+const increment = (counts: Map<string, number>, key: string) => counts.set(key, (counts.get(key) ?? 0) + 1)
+
+const decrement = (counts: Map<string, number>, key: string) => {
+  const count = (counts.get(key) ?? 0) - 1
+  if (count > 0) counts.set(key, count)
+  else counts.delete(key)
+}
+
+export class ConnectionRegistry {
+  readonly connections = new Map<string, ConnectionImpl>()
+  private readonly byUser = new Map<string, Set<ConnectionImpl>>()
+  private readonly perUser = new Map<string, number>()
+  private readonly perIp = new Map<string, number>()
+  private reserved = 0
+
+  constructor(private readonly config: WebSocketManagerConfig) {}
+
+  get size(): number {
+    return this.connections.size
+  }
+
+  get pending(): number {
+    return this.reserved - this.connections.size
+  }
+
+  reserve(ip: string): Either.Either<Reservation, ConnectionLimitExceeded> {
+    const { maxConnections, maxConnectionsPerIP } = this.config
+    if (this.reserved >= maxConnections) {
+      return Either.left(new ConnectionLimitExceeded({ scope: "total", limit: maxConnections }))
+    }
+    if (maxConnectionsPerIP !== undefined && (this.perIp.get(ip) ?? 0) >= maxConnectionsPerIP) {
+      return Either.left(new ConnectionLimitExceeded({ scope: "ip", limit: maxConnectionsPerIP }))
+    }
+    this.reserved++
+    increment(this.perIp, ip)
+    return Either.right({ ip, userId: undefined, released: false })
+  }
+
+  reserveUser(reservation: Reservation, userId: string): Either.Either<void, ConnectionLimitExceeded> {
+    const limit = this.config.maxConnectionsPerUser
+    if (limit !== undefined && (this.perUser.get(userId) ?? 0) >= limit) {
+      return Either.left(new ConnectionLimitExceeded({ scope: "user", limit }))
+    }
+    reservation.userId = userId
+    increment(this.perUser, userId)
+    return Either.void
+  }
+
+  release(reservation: Reservation): void {
+    if (reservation.released) return
+    reservation.released = true
+    this.reserved--
+    decrement(this.perIp, reservation.ip)
+    if (reservation.userId !== undefined) decrement(this.perUser, reservation.userId)
+  }
+
+  add(connection: ConnectionImpl): void {
+    this.connections.set(connection.id, connection)
+    const userId = connection.context.userId
+    if (userId === undefined) return
+    const sockets = this.byUser.get(userId)
+    if (sockets === undefined) this.byUser.set(userId, new Set([connection]))
+    else sockets.add(connection)
+  }
+
+  remove(connection: ConnectionImpl, reservation: Reservation): void {
+    this.connections.delete(connection.id)
+    const userId = connection.context.userId
+    const sockets = userId === undefined ? undefined : this.byUser.get(userId)
+    if (sockets !== undefined) {
+      sockets.delete(connection)
+      if (sockets.size === 0) this.byUser.delete(userId!)
+    }
+    this.release(reservation)
+  }
+
+  ofUser(userId: string): ReadonlyArray<ConnectionImpl> {
+    const sockets = this.byUser.get(userId)
+    return sockets === undefined ? [] : Array.from(sockets)
+  }
+}

@@ -1,0 +1,135 @@
+/**
+ * Options of every service, as Schemas. Each constructor decodes what it is given, so a bad
+ * option fails early with an `InvalidOptions` error that names the field, and defaults live in
+ * one place. Durations are milliseconds, as in the documented API.
+ *
+ * @since 0.1.0
+ */
+import { Effect, Either, ParseResult, Schema } from "effect"
+import { InvalidOptions } from "./errors.js"
+
+/** @internal */
+export const Millis = Schema.Number.pipe(Schema.finite(), Schema.nonNegative())
+
+/** @internal */
+export const PositiveInt = Schema.Int.pipe(Schema.positive())
+
+/** @internal */
+export const NonNegativeInt = Schema.Int.pipe(Schema.nonNegative())
+
+/** @internal */
+export const AnyFunction = Schema.declare(
+  (u: unknown): u is (...args: Array<any>) => any => typeof u === "function",
+  { identifier: "Function" }
+)
+
+const StringOrStrings = Schema.Union(Schema.String, Schema.Array(Schema.String))
+
+/**
+ * Authentication. Without `type` it is `'custom'`: `validator(request)` returns the user (an
+ * object with `id`, `userId` or `sub`, or a user id string), or something falsy to refuse.
+ *
+ * @since 0.1.0
+ * @category options
+ */
+export const AuthenticationOptions = Schema.Struct({
+  type: Schema.optionalWith(Schema.Literal("custom", "api-key", "jwt"), { default: () => "custom" as const }),
+  required: Schema.optionalWith(Schema.Boolean, { default: () => true }),
+  timeout: Schema.optionalWith(Millis, { default: () => 5_000 }),
+  validator: Schema.optional(AnyFunction),
+  header: Schema.optionalWith(Schema.String, { default: () => "x-api-key" }),
+  secret: Schema.optional(Schema.Union(Schema.String, Schema.Uint8ArrayFromSelf)),
+  algorithm: Schema.optionalWith(Schema.String, { default: () => "HS256" }),
+  issuer: Schema.optional(StringOrStrings),
+  audience: Schema.optional(StringOrStrings)
+}).pipe(
+  Schema.filter((auth) => {
+    if (auth.type === "jwt" && auth.secret === undefined) {
+      return { path: ["secret"], message: "a JWT authentication needs a secret" }
+    }
+    if (auth.type !== "jwt" && auth.validator === undefined) {
+      return { path: ["validator"], message: `a ${auth.type} authentication needs a validator function` }
+    }
+    return undefined
+  })
+)
+
+/**
+ * permessage-deflate. Off by default: it costs CPU and memory per connection.
+ *
+ * @since 0.1.0
+ * @category options
+ */
+export const CompressionOptions = Schema.Struct({
+  enabled: Schema.optionalWith(Schema.Boolean, { default: () => false }),
+  threshold: Schema.optionalWith(NonNegativeInt, { default: () => 1024 }),
+  level: Schema.optionalWith(Schema.Int.pipe(Schema.between(0, 9)), { default: () => 6 })
+})
+
+/**
+ * `WebSocketManager` options: the documented ones plus the limits users of `ws` and socket.io
+ * expect (`maxConnectionsPerUser`, `maxConnectionsPerIP`, `allowedOrigins`, `maxPayload`,
+ * `closeTimeout`).
+ *
+ * @since 0.1.0
+ * @category options
+ */
+export const WebSocketManagerOptions = Schema.Struct({
+  maxConnections: Schema.optionalWith(PositiveInt, { default: () => 10_000 }),
+  maxConnectionsPerUser: Schema.optional(PositiveInt),
+  maxConnectionsPerIP: Schema.optional(PositiveInt),
+  connectionTimeout: Schema.optionalWith(Millis, { default: () => 10_000 }),
+  heartbeatInterval: Schema.optionalWith(Millis, { default: () => 30_000 }),
+  heartbeatTimeout: Schema.optionalWith(Millis, { default: () => 10_000 }),
+  authentication: Schema.optional(AuthenticationOptions),
+  compression: Schema.optionalWith(CompressionOptions, { default: () => CompressionOptions.make({}) }),
+  protocols: Schema.optionalWith(Schema.Array(Schema.String), { default: () => [] }),
+  allowedOrigins: Schema.optional(Schema.Array(Schema.String)),
+  maxPayload: Schema.optionalWith(PositiveInt, { default: () => 1024 * 1024 }),
+  closeTimeout: Schema.optionalWith(Millis, { default: () => 5_000 })
+}).pipe(
+  Schema.filter((options) =>
+    options.heartbeatInterval > 0 && options.heartbeatTimeout > options.heartbeatInterval
+      ? { path: ["heartbeatTimeout"], message: "must not exceed heartbeatInterval" }
+      : undefined
+  )
+)
+
+/**
+ * @since 0.1.0
+ * @category options
+ */
+export type WebSocketManagerOptions = Schema.Schema.Encoded<typeof WebSocketManagerOptions>
+
+/**
+ * @since 0.1.0
+ * @category options
+ */
+export type WebSocketManagerConfig = Schema.Schema.Type<typeof WebSocketManagerOptions>
+
+/**
+ * @since 0.1.0
+ * @category options
+ */
+export type AuthenticationConfig = Schema.Schema.Type<typeof AuthenticationOptions>
+
+/**
+ * Decodes options with a schema; the first issue becomes an `InvalidOptions` naming its field.
+ * Unknown options are refused too, so a misspelt option does not pass silently.
+ *
+ * @since 0.1.0
+ * @category decoding
+ */
+export const decode = <A, I>(schema: Schema.Schema<A, I>, input: unknown): Effect.Effect<A, InvalidOptions> =>
+  Either.match(Schema.decodeUnknownEither(schema, { onExcessProperty: "error", errors: "first" })(input ?? {}), {
+    onRight: Effect.succeed,
+    onLeft: (error) => {
+      const [issue] = ParseResult.ArrayFormatter.formatErrorSync(error)
+      return Effect.fail(
+        new InvalidOptions({
+          field: issue && issue.path.length > 0 ? issue.path.join(".") : "(options)",
+          reason: issue?.message ?? String(error)
+        })
+      )
+    }
+  })

@@ -1,0 +1,77 @@
+/**
+ * The documented `WebSocketManager` class, over the Effect service of the same name.
+ *
+ * @since 0.1.0
+ */
+import { Effect, Exit, Scope } from "effect"
+import type WebSocket from "ws"
+import type { ConnectionContext } from "../Connection.js"
+import type { WebSocketManagerOptions } from "../options.js"
+import * as Core from "../WebSocketManager.js"
+import { runPromise, runSync } from "./runtime.js"
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface AcceptResult {
+  readonly socket: WebSocket
+  readonly response: Response
+  readonly context: ConnectionContext
+}
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface AcceptOptions {
+  /** Insist on this subprotocol: the client must offer it, or the upgrade is refused with 400. */
+  readonly protocol?: string
+}
+
+/**
+ * @since 0.1.0
+ * @category facade
+ */
+export class WebSocketManager {
+  readonly #scope: Scope.CloseableScope
+  /** The Effect service behind this object, for code that mixes both APIs. */
+  readonly service: Core.WebSocketManager
+
+  /** Throws `InvalidOptions` (naming the field) when an option is invalid. */
+  constructor(options?: WebSocketManagerOptions) {
+    const scope = runSync(Scope.make())
+    this.#scope = scope
+    this.service = runSync(Effect.tapError(Scope.extend(Core.make(options), scope), () => Scope.close(scope, Exit.void)))
+  }
+
+  /** Resolves once the handshake is complete; rejects with a tagged error carrying the HTTP `status`. */
+  accept(request: Request, options?: AcceptOptions): Promise<AcceptResult> {
+    return runPromise(
+      Effect.map(this.service.accept(request, options), ({ context, response, socket }) => ({ socket, response, context }))
+    )
+  }
+
+  getActiveConnections(): number {
+    return runSync(this.service.activeConnections)
+  }
+
+  getUserSockets(userId: string): Array<WebSocket> {
+    return runSync(this.service.userConnections(userId)).map((connection) => connection.socket)
+  }
+
+  /** Open connections, connections being authenticated, and live connection fibers. */
+  getStats(): Core.Stats {
+    return runSync(this.service.stats)
+  }
+
+  /** Resolves with the number of connections reached. */
+  broadcast(message: unknown, filter?: Core.BroadcastFilter): Promise<number> {
+    return runPromise(this.service.broadcast(message, filter))
+  }
+
+  /** Resolves when every connection is gone. */
+  close(code?: number, reason?: string): Promise<void> {
+    return runPromise(Effect.zipRight(this.service.close(code, reason), Scope.close(this.#scope, Exit.void)))
+  }
+}

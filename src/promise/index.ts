@@ -1,0 +1,10 @@
+/**
+ * The Promise facade: the documented classes for plain JavaScript, over the Effect services.
+ *
+ * @since 0.1.0
+ */
+export * from "../errors.js"
+export { type AcceptOptions, type AcceptResult, WebSocketManager } from "./WebSocketManager.js"
+export { attach, type FetchHandler, serve, type Server, type ServeOptions } from "./serve.js"
+export type { WebSocketManagerOptions } from "../options.js"
+export type { ConnectionContext } from "../Connection.js"

@@ -1,0 +1,16 @@
+/**
+ * How the facade runs Effects: failures reject (or throw) with the error instance itself, not a
+ * wrapper, so `err._tag` and `instanceof` work in plain JavaScript.
+ */
+import { Cause, Effect, Exit } from "effect"
+
+export const runPromise = <A, E>(effect: Effect.Effect<A, E>): Promise<A> =>
+  Effect.runPromiseExit(effect).then((exit) =>
+    Exit.isSuccess(exit) ? exit.value : Promise.reject(Cause.squash(exit.cause))
+  )
+
+export const runSync = <A, E>(effect: Effect.Effect<A, E>): A => {
+  const exit = Effect.runSyncExit(effect)
+  if (Exit.isSuccess(exit)) return exit.value
+  throw Cause.squash(exit.cause)
+}
