@@ -133,3 +133,7 @@ export const decode = <A, I>(schema: Schema.Schema<A, I>, input: unknown): Effec
       )
     }
   })
+
+// ---- Broadcaster options ----
+
+// ---- WebSocketPool options ----
