@@ -145,13 +145,14 @@ const contextOf = (
   request: Request,
   raw: RawUpgrade,
   socket: WebSocket,
+  protocol: string,
   userId: string | undefined,
   user: unknown
 ): ConnectionContext => ({
   id: randomUUID(),
   userId,
   user,
-  protocol: socket.protocol,
+  protocol,
   extensions: socket.extensions,
   remoteAddress: raw.request.socket.remoteAddress ?? "",
   url: request.url,
@@ -184,7 +185,7 @@ export const make = (
         if (connection.isOpen && !closing) connection.closeSocket(1001, "Going away")
         const logFailure = connection.failure === undefined
           ? Effect.void
-          : Effect.logWarning(connection.failure.message, connection.failure.cause)
+          : Effect.logWarning(connection.failure.message, Cause.die(connection.failure.cause))
         return Effect.zipRight(logFailure, Scope.close(connection.scope, exit))
       })
 
@@ -218,9 +219,9 @@ export const make = (
         const identity = yield* authenticate(config.authentication, request, offered)
         if (identity.userId !== undefined) yield* registry.reserveUser(reservation, identity.userId)
         if (closing) return yield* new ManagerClosed()
-        const socket = yield* Handshake.complete(server, raw, protocol)
+        const socket = yield* Handshake.complete(server, raw, protocol, offered)
         const scope = yield* Scope.make()
-        const connection = new ConnectionImpl(socket, contextOf(request, raw, socket, identity.userId, identity.user), scope)
+        const connection = new ConnectionImpl(socket, contextOf(request, raw, socket, protocol, identity.userId, identity.user), scope)
         registry.add(connection)
         yield* Scope.addFinalizer(scope, Effect.sync(() => registry.remove(connection, reservation)))
         connection.fiber = runFork(lifecycle(connection, handler))

@@ -8,7 +8,9 @@
  *
  * @since 0.1.0
  */
-import { Data } from "effect"
+import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
+import * as Respondable from "@effect/platform/HttpServerRespondable"
+import { Data, Effect } from "effect"
 
 /**
  * An option failed to decode. `field` is the dotted path of the offending option.
@@ -293,3 +295,23 @@ export type AcceptError =
   | ManagerClosed
   | AuthenticationFailed
   | ConnectionTimeout
+
+/**
+ * The upgrade-refusing errors answer for themselves in an `@effect/platform` app
+ * (`HttpServerRespondable`): an uncaught `accept` error becomes its status and message.
+ */
+for (const ErrorClass of [
+  UpgradeRequired,
+  HandshakeFailed,
+  OriginNotAllowed,
+  ConnectionLimitExceeded,
+  ManagerClosed,
+  AuthenticationFailed,
+  ConnectionTimeout
+]) {
+  Object.defineProperty(ErrorClass.prototype, Respondable.symbol, {
+    value(this: AcceptError) {
+      return Effect.succeed(HttpServerResponse.text(this.message, { status: this.status }))
+    }
+  })
+}

@@ -34,6 +34,8 @@ export const offeredProtocols = (request: Request): Array<string> =>
     .map((protocol) => protocol.trim())
     .filter((protocol) => protocol.length > 0)
 
+export const isCredential = (protocol: string) => protocol.startsWith(TOKEN_PROTOCOL_PREFIX)
+
 /**
  * The first offered protocol the server supports, or the one `accept` insists on; `''` when the
  * client offers none. Credential entries (`bearer.…`) are never chosen.
@@ -43,7 +45,7 @@ export const negotiateProtocol = (
   supported: ReadonlyArray<string>,
   insisted: string | undefined
 ): Either.Either<string, HandshakeFailed> => {
-  const candidates = offered.filter((protocol) => !protocol.startsWith(TOKEN_PROTOCOL_PREFIX))
+  const candidates = offered.filter((protocol) => !isCredential(protocol))
   if (insisted !== undefined) {
     return candidates.includes(insisted)
       ? Either.right(insisted)
@@ -81,13 +83,17 @@ export const makeServer = (config: WebSocketManagerConfig): WebSocketServer =>
 /**
  * Completes the handshake. `ws` answers it synchronously when the request is sound; when it is
  * not (bad key, bad version), `ws` has already answered 400 and closed the socket.
+ *
+ * A browser that offered protocols fails a handshake that answers none, so a client that offered
+ * only a credential entry gets that entry echoed; it is still not the negotiated protocol.
  */
 export const complete = (
   server: WebSocketServer,
   raw: RawUpgrade,
-  protocol: string
+  negotiated: string,
+  offered: ReadonlyArray<string>
 ): Either.Either<ManagedWebSocket, HandshakeFailed> => {
-  ;(raw.request as any)[chosenProtocol] = protocol
+  ;(raw.request as any)[chosenProtocol] = negotiated || offered.find(isCredential) || ""
   let accepted: ManagedWebSocket | undefined
   server.handleUpgrade(raw.request, raw.socket, raw.head, (socket) => {
     accepted = socket as ManagedWebSocket

@@ -12,11 +12,11 @@
  * @since 0.1.0
  */
 import type * as HttpApp from "@effect/platform/HttpApp"
-import { ServeError } from "@effect/platform/HttpServerError"
+import { causeResponse, ServeError } from "@effect/platform/HttpServerError"
 import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
 import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
 import * as NodeHttpServer from "@effect/platform-node/NodeHttpServer"
-import { Cause, Effect, FiberSet, Scope } from "effect"
+import { Effect, FiberSet, Scope } from "effect"
 import * as Http from "node:http"
 import type { AddressInfo } from "node:net"
 import type { Duplex } from "node:stream"
@@ -91,7 +91,7 @@ export const makeUpgradeListener = <E, R>(
       runFork(
         (app as HttpApp.Default<E, HttpServerRequest.HttpServerRequest>).pipe(
           Effect.provideService(HttpServerRequest.HttpServerRequest, HttpServerRequest.fromWeb(request)),
-          Effect.catchAllCause((cause) => Effect.succeed(HttpServerResponse.fromWeb(errorResponse(Cause.squash(cause))))),
+          Effect.catchAllCause((cause) => Effect.map(causeResponse(cause), ([response]) => response)),
           Effect.flatMap((response) => answerUpgrade(request, response))
         ) as Effect.Effect<void, never, Exclude<R, HttpServerRequest.HttpServerRequest>>
       )

@@ -1,0 +1,58 @@
+import { Chunk, Duration, Effect, Schedule } from "effect"
+import { afterEach, describe, expect, it } from "vitest"
+import type WebSocket from "ws"
+import * as Heartbeat from "../src/Heartbeat.js"
+import type { Harness } from "./utils/index.js"
+import { closeOf, eventually, openClient, sleep, startManager } from "./utils/index.js"
+
+const harnesses: Array<Harness> = []
+const clients: Array<WebSocket> = []
+
+afterEach(async () => {
+  for (const ws of clients.splice(0)) ws.terminate()
+  for (const harness of harnesses.splice(0)) await harness.close()
+})
+
+const start = async () => {
+  const harness = await startManager({ heartbeatInterval: 150, heartbeatTimeout: 75 })
+  harnesses.push(harness)
+  return harness
+}
+
+describe("Heartbeat", () => {
+  it("alternates the wait for the pong with the rest of the interval", () => {
+    const delays = Effect.runSync(Schedule.run(Schedule.delays(Heartbeat.schedule(1_000, 300)), 0, [1, 2, 3, 4]))
+    expect(Chunk.toReadonlyArray(delays).map(Duration.toMillis)).toEqual([300, 700, 300, 700])
+  })
+
+  it("terminates a client that never answers pings, and releases its slot", async () => {
+    const { manager, url } = await start()
+    const silent = await openClient(url, undefined, { autoPong: false })
+    clients.push(silent)
+    const closed = closeOf(silent, 2_000)
+    expect((await closed).code).toBe(1006)
+    await eventually(() => manager.getStats().fibers === 0)
+    expect(manager.getActiveConnections()).toBe(0)
+  })
+
+  it("keeps a client that answers pings", async () => {
+    const { manager, url } = await start()
+    const alive = await openClient(url)
+    clients.push(alive)
+    let pings = 0
+    alive.on("ping", () => pings++)
+    await sleep(600)
+    expect(pings).toBeGreaterThanOrEqual(3)
+    expect(manager.getActiveConnections()).toBe(1)
+  })
+
+  it("counts inbound messages as liveness", async () => {
+    const { manager, url } = await start()
+    const chatty = await openClient(url, undefined, { autoPong: false })
+    clients.push(chatty)
+    const timer = setInterval(() => chatty.send("still here"), 30)
+    await sleep(600)
+    clearInterval(timer)
+    expect(manager.getActiveConnections()).toBe(1)
+  })
+})
