@@ -221,9 +221,11 @@ export const make = (
         if (closing) return yield* new ManagerClosed()
         const socket = yield* Handshake.complete(server, raw, protocol, offered)
         const scope = yield* Scope.make()
-        const connection = new ConnectionImpl(socket, contextOf(request, raw, socket, protocol, identity.userId, identity.user), scope)
+        const unregister = (connection: ConnectionImpl) => registry.remove(connection, reservation)
+        const context = contextOf(request, raw, socket, protocol, identity.userId, identity.user)
+        const connection = new ConnectionImpl(socket, context, scope, unregister)
         registry.add(connection)
-        yield* Scope.addFinalizer(scope, Effect.sync(() => registry.remove(connection, reservation)))
+        yield* Scope.addFinalizer(scope, Effect.sync(() => unregister(connection)))
         connection.fiber = runFork(lifecycle(connection, handler))
         const accepted: Accepted = {
           socket,

@@ -323,6 +323,19 @@ describe("supervision", () => {
   })
 })
 
+describe("counts", () => {
+  it("no longer count a connection by the time its close listeners run, as ws's client set does", async () => {
+    const seen: Array<number> = []
+    const { manager, url } = await start({}, ({ socket }) => {
+      socket.addEventListener("close", () => seen.push(manager.getActiveConnections()))
+    })
+    const [a] = await Promise.all([client(url), client(url)])
+    a.close()
+    await eventually(() => seen.length === 1)
+    expect(seen).toEqual([1])
+  })
+})
+
 describe("options", () => {
   it("fails construction with InvalidOptions naming the field", () => {
     expect(() => new WebSocketManager({ heartbeatTimeout: -5 })).toThrow(/heartbeatTimeout/)

@@ -29,6 +29,9 @@ export class ManagedWebSocket extends WebSocket {
 
   override emit(event: string | symbol, ...args: Array<any>): boolean {
     if (event === "message" || event === "pong") this.lastSeen = Date.now()
+    // Like ws's own client set, the manager forgets a closed socket before user listeners run,
+    // so a 'close' listener already sees the updated counts.
+    if (event === "close") this.connection?.ended(args[0], args[1])
     // ws emits 'error' before closing with the matching code (1002, 1007, 1009); with nobody
     // listening, EventEmitter would throw it and take the process down.
     if (event === "error" && this.listenerCount("error") === 0) return false
@@ -38,8 +41,6 @@ export class ManagedWebSocket extends WebSocket {
       // A throwing listener would otherwise unwind into ws's parser and crash the process.
       this.connection?.fail(cause)
       return true
-    } finally {
-      if (event === "close") this.connection?.ended(args[0], args[1])
     }
   }
 }
@@ -55,7 +56,9 @@ export class ConnectionImpl implements Connection {
   constructor(
     readonly socket: ManagedWebSocket,
     readonly context: ConnectionContext,
-    readonly scope: Scope.CloseableScope
+    readonly scope: Scope.CloseableScope,
+    /** Takes the connection out of the manager's registry; idempotent. */
+    readonly unregister: (connection: ConnectionImpl) => void
   ) {
     socket.connection = this
   }
@@ -70,9 +73,10 @@ export class ConnectionImpl implements Connection {
     this.closeSocket(CLOSE_INTERNAL_ERROR, "Internal error")
   }
 
-  /** The socket is closed: end the actor, whose finalizers release what it held. */
+  /** The socket is closed: leave the registry now, and end the actor, whose finalizers release the rest. */
   ended(code: number, reason: Buffer | string): void {
     this.closeInfo ??= { code, reason: reason.toString() }
+    this.unregister(this)
     this.fiber?.unsafeInterruptAsFork(FiberId.none)
   }
 

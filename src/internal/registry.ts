@@ -82,7 +82,7 @@ export class ConnectionRegistry {
   }
 
   remove(connection: ConnectionImpl, reservation: Reservation): void {
-    this.connections.delete(connection.id)
+    if (!this.connections.delete(connection.id)) return
     const userId = connection.context.userId
     const sockets = userId === undefined ? undefined : this.byUser.get(userId)
     if (sockets !== undefined) {
