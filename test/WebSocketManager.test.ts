@@ -70,31 +70,16 @@ describe("accept", () => {
   })
 
   it("refuses an upgrade past maxConnections with 503 and ConnectionLimitExceeded", async () => {
-    const errors: Array<unknown> = []
-    const manager = new WebSocketManager({ maxConnections: 2 })
-    const { serve } = await import("../src/promise/index.js")
-    const server = await serve({
-      fetch: (request) =>
-        manager.accept(request).then((r) => r.response, (error) => {
-          errors.push(error)
-          throw error
-        })
-    })
-    const url = server.url.replace("http", "ws")
-    try {
-      clients.push(...(await openClients(url, 2)))
-      expect(await refusedStatus(url)).toBe(503)
-      expect(errors).toHaveLength(1)
-      expect(errors[0]).toMatchObject({ _tag: "ConnectionLimitExceeded", scope: "total", limit: 2 })
-      expect(manager.getActiveConnections()).toBe(2)
-      // A slot that frees up can be taken again.
-      clients.pop()!.close()
-      await eventually(() => manager.getActiveConnections() === 1)
-      clients.push(await openClient(url))
-    } finally {
-      await manager.close()
-      await server.close()
-    }
+    const { errors, manager, url } = await start({ maxConnections: 2 })
+    clients.push(...(await openClients(url, 2)))
+    expect(await refusedStatus(url)).toBe(503)
+    expect(errors).toHaveLength(1)
+    expect(errors[0]).toMatchObject({ _tag: "ConnectionLimitExceeded", scope: "total", limit: 2 })
+    expect(manager.getActiveConnections()).toBe(2)
+    // A slot that frees up can be taken again.
+    clients.pop()!.close()
+    await eventually(() => manager.getActiveConnections() === 1)
+    await client(url)
   })
 
   it("limits connections per remote address", async () => {
@@ -127,29 +112,15 @@ describe("accept", () => {
   })
 
   it("fails with ConnectionTimeout (HTTP 408) when authentication outlasts connectionTimeout", async () => {
-    const errors: Array<unknown> = []
-    const manager = new WebSocketManager({
+    const { errors, manager, url } = await start({
       connectionTimeout: 100,
       authentication: { timeout: 5_000, validator: () => sleep(1_000).then(() => ({ id: "late" })) }
     })
-    const { serve } = await import("../src/promise/index.js")
-    const server = await serve({
-      fetch: (request) =>
-        manager.accept(request).then((r) => r.response, (error) => {
-          errors.push(error)
-          throw error
-        })
-    })
-    try {
-      const started = Date.now()
-      expect(await refusedStatus(server.url.replace("http", "ws"))).toBe(408)
-      expect(Date.now() - started).toBeLessThan(900)
-      expect(errors[0]).toMatchObject({ _tag: "ConnectionTimeout", timeoutMillis: 100 })
-      expect(manager.getStats()).toEqual({ connections: 0, pending: 0, fibers: 0 })
-    } finally {
-      await manager.close()
-      await server.close()
-    }
+    const started = Date.now()
+    expect(await refusedStatus(url)).toBe(408)
+    expect(Date.now() - started).toBeLessThan(900)
+    expect(errors[0]).toMatchObject({ _tag: "ConnectionTimeout", timeoutMillis: 100 })
+    expect(manager.getStats()).toEqual({ connections: 0, pending: 0, fibers: 0 })
   })
 })
 

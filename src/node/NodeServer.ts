@@ -74,6 +74,12 @@ const answerUpgrade = (request: Request, response: HttpServerResponse.HttpServer
   return Effect.promise(() => writeResponse(raw.socket, HttpServerResponse.toWeb(response)))
 }
 
+// Until ws takes the socket over, an error on it (a reset) must not go unhandled. Shared, not a
+// closure per socket.
+function destroyOnError(this: Duplex) {
+  this.destroy()
+}
+
 /**
  * A listener for Node's `upgrade` event that runs the app on each upgrade.
  *
@@ -85,8 +91,7 @@ export const makeUpgradeListener = <E, R>(
 ): Effect.Effect<(req: Http.IncomingMessage, socket: Duplex, head: Buffer) => void, never, Scope.Scope | Exclude<R, HttpServerRequest.HttpServerRequest>> =>
   Effect.map(FiberSet.makeRuntime<Exclude<R, HttpServerRequest.HttpServerRequest>>(), (runFork) =>
     (req: Http.IncomingMessage, socket: Duplex, head: Buffer) => {
-      // Until ws takes the socket over, an error on it (a reset) must not go unhandled.
-      socket.on("error", () => socket.destroy())
+      socket.on("error", destroyOnError)
       const request = toWebRequest(req, socket, head)
       runFork(
         (app as HttpApp.Default<E, HttpServerRequest.HttpServerRequest>).pipe(

@@ -12,6 +12,8 @@ export interface Harness {
   readonly server: Server
   /** ws://127.0.0.1:PORT */
   readonly url: string
+  /** Every error `accept` rejected with, in order. */
+  readonly errors: Array<unknown>
   /** Closes the manager, then the HTTP server. */
   close(): Promise<void>
 }
@@ -26,11 +28,15 @@ export const startManager = async (
   acceptOptions?: (request: Request) => AcceptOptions | undefined
 ): Promise<Harness> => {
   const manager = new WebSocketManager(options)
+  const errors: Array<unknown> = []
   const server = await serve({
     port: 0,
     fetch: async (request) => {
       if (request.headers.get("upgrade") === null) return new Response("plain http")
-      const accepted = await manager.accept(request, acceptOptions?.(request))
+      const accepted = await manager.accept(request, acceptOptions?.(request)).catch((error) => {
+        errors.push(error)
+        throw error
+      })
       onAccept(accepted, request)
       return accepted.response
     }
@@ -38,6 +44,7 @@ export const startManager = async (
   return {
     manager,
     server,
+    errors,
     url: server.url.replace("http://", "ws://"),
     close: async () => {
       await manager.close()
