@@ -10,6 +10,9 @@ export default defineConfig({
   },
   test: {
     include: ["test/**/*.test.ts"],
+    // The JSON report lets .ci/run print a plain "N passed, N failed" line.
+    reporters: ["default", "json"],
+    outputFile: { json: "test-results/vitest.json" },
     testTimeout: 20_000,
     hookTimeout: 20_000,
     // Test files open real sockets and servers; two cores run two files at a time without starving timers.
