@@ -134,6 +134,75 @@ export const decode = <A, I>(schema: Schema.Schema<A, I>, input: unknown): Effec
     }
   })
 
-// ---- Broadcaster options ----
+/**
+ * What happens to a subscriber whose socket is over its bound (a slow or dead consumer):
+ * `'drop-newest'` skips this message for it, `'drop-oldest'` keeps a small backlog (the newest
+ * `maxQueuedMessages`) flushed when the socket drains, `'close'` closes it with 1008.
+ *
+ * @since 0.1.0
+ * @category options
+ */
+export const SlowConsumerPolicy = Schema.Literal("drop-newest", "drop-oldest", "close")
+
+/**
+ * @since 0.1.0
+ * @category options
+ */
+export type SlowConsumerPolicy = typeof SlowConsumerPolicy.Type
+
+const channelFields = {
+  /** A socket is over its bound while more than this many bytes wait in its send buffer. */
+  maxBackpressure: Schema.optionalWith(NonNegativeInt, { default: () => 1024 * 1024 }),
+  /** The length of the `'drop-oldest'` backlog of a socket over its bound. */
+  maxQueuedMessages: Schema.optionalWith(PositiveInt, { default: () => 64 }),
+  policy: Schema.optionalWith(SlowConsumerPolicy, { default: () => "drop-newest" as const })
+}
+
+/**
+ * Slow-consumer bounds and policy of one channel.
+ *
+ * @since 0.1.0
+ * @category options
+ */
+export const ChannelOptions = Schema.Struct(channelFields)
+
+/**
+ * @since 0.1.0
+ * @category options
+ */
+export type ChannelConfig = typeof ChannelOptions.Type
+
+/**
+ * `Broadcaster` options: the defaults for every channel, and per-channel overrides by name.
+ *
+ * @since 0.1.0
+ * @category options
+ */
+export const BroadcasterOptions = Schema.Struct({
+  ...channelFields,
+  channels: Schema.optionalWith(
+    Schema.Record({
+      key: Schema.String,
+      value: Schema.Struct({
+        maxBackpressure: Schema.optional(NonNegativeInt),
+        maxQueuedMessages: Schema.optional(PositiveInt),
+        policy: Schema.optional(SlowConsumerPolicy)
+      })
+    }),
+    { default: () => ({}) }
+  )
+})
+
+/**
+ * @since 0.1.0
+ * @category options
+ */
+export type BroadcasterOptions = typeof BroadcasterOptions.Encoded
+
+/**
+ * @since 0.1.0
+ * @category options
+ */
+export type BroadcasterConfig = typeof BroadcasterOptions.Type
 
 // ---- WebSocketPool options ----

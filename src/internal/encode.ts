@@ -53,7 +53,8 @@ const Sender = (WS as unknown as {
   readonly Sender: { frame(data: Buffer, options: Record<string, unknown>): Array<Buffer> }
 }).Sender
 
-const frameOf = (encoded: Encoded): Buffer => {
+/** The message framed once (unmasked, uncompressed), built on first use and shared by every socket. */
+export const frameOf = (encoded: Encoded): Buffer => {
   if (encoded.frame === undefined) {
     const parts = Sender.frame(encoded.data, {
       fin: true,
@@ -67,7 +68,8 @@ const frameOf = (encoded: Encoded): Buffer => {
   return encoded.frame
 }
 
-const canTakeRawFrame = (socket: WebSocket): boolean => {
+/** Whether a frame may be written to the socket as it is: no compression, nothing queued in ws. */
+export const canTakeRawFrame = (socket: WebSocket): boolean => {
   const internals = socket as any
   return internals._extensions[PERMESSAGE_DEFLATE] === undefined && internals._sender._state === SENDER_IDLE
 }

@@ -5,6 +5,7 @@
  */
 export * from "../errors.js"
 export { type AcceptOptions, type AcceptResult, WebSocketManager } from "./WebSocketManager.js"
+export { Broadcaster, type BroadcastOptions, type Channel } from "./Broadcaster.js"
 export { attach, type FetchHandler, serve, type Server, type ServeOptions } from "./serve.js"
-export type { WebSocketManagerOptions } from "../options.js"
+export type { BroadcasterOptions, SlowConsumerPolicy, WebSocketManagerOptions } from "../options.js"
 export type { ConnectionContext } from "../Connection.js"

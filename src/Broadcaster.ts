@@ -1,0 +1,336 @@
+/**
+ * Broadcast channels. Each channel is an actor: an effect `PubSub` and one fiber that takes what
+ * is published in batches and writes it to the channel's subscribed sockets, framed once, in
+ * publish order. Server-side consumers (`Channel.messages`, and later a cross-process bridge)
+ * subscribe to the same `PubSub`.
+ *
+ * A subscription lives in its connection's scope: a connection that ends leaves every channel
+ * without anyone calling `unsubscribe`.
+ *
+ * @since 0.1.0
+ */
+import type { Scope } from "effect"
+import {
+  Context,
+  Deferred,
+  Effect,
+  Either,
+  Exit,
+  FiberId,
+  FiberSet,
+  Layer,
+  Metric,
+  PubSub,
+  Scope as ScopeModule,
+  Stream
+} from "effect"
+import type WebSocket from "ws"
+import type { Connection } from "./Connection.js"
+import type { InvalidOptions, MessageEncodeError } from "./errors.js"
+import { NotAManagedSocket } from "./errors.js"
+import type { ChannelMetrics, Envelope } from "./internal/channel.js"
+import { ChannelActor } from "./internal/channel.js"
+import type { ConnectionImpl } from "./internal/connection.js"
+import { fromSocket } from "./internal/connection.js"
+import * as Encode from "./internal/encode.js"
+import type { BroadcasterConfig, BroadcasterOptions } from "./options.js"
+import { BroadcasterOptions as BroadcasterOptionsSchema, decode } from "./options.js"
+
+export type { BroadcasterOptions, SlowConsumerPolicy } from "./options.js"
+
+/**
+ * @since 0.1.0
+ * @category type ids
+ */
+export const TypeId: unique symbol = Symbol.for("effect-websocket-manager/Broadcaster")
+
+/**
+ * @since 0.1.0
+ * @category type ids
+ */
+export type TypeId = typeof TypeId
+
+/**
+ * A subscriber: an accepted socket (what the facade's `accept` returns) or its `Connection`.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type Subscriber = WebSocket | Connection
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface BroadcastOptions {
+  /** This socket (or connection) does not get the message, typically its sender. */
+  readonly exclude?: Subscriber | undefined
+  /** Only sockets for which it returns true get the message. */
+  readonly filter?: ((socket: WebSocket) => boolean) | undefined
+}
+
+/**
+ * A channel, by name: it stays valid when the channel is removed and created again.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Channel {
+  readonly name: string
+  readonly subscriberCount: number
+  readonly broadcast: (message: unknown, options?: BroadcastOptions) => Effect.Effect<number, MessageEncodeError>
+  /** Every message published to the channel, for server-side consumers. */
+  readonly messages: Stream.Stream<unknown>
+}
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface ChannelStats {
+  readonly subscribers: number
+  /** Messages written to sockets. */
+  readonly delivered: number
+  /** Messages a slow socket did not get, by the channel's policy. */
+  readonly dropped: number
+  /** Sockets over their bound with a `'drop-oldest'` backlog. */
+  readonly backlogged: number
+}
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface Stats {
+  readonly channels: Readonly<Record<string, ChannelStats>>
+  /** Subscriptions, summed over channels. */
+  readonly subscriptions: number
+  /** Connections subscribed to at least one channel. */
+  readonly subscribers: number
+  /** Live channel fibers. */
+  readonly fibers: number
+}
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface Broadcaster {
+  readonly [TypeId]: TypeId
+  /** The channel of that name, created if it does not exist. */
+  readonly createChannel: (name: string) => Effect.Effect<Channel>
+  /** Subscribing to a channel that does not exist creates it; subscribing twice is a no-op. */
+  readonly subscribe: (subscriber: Subscriber, channel: string) => Effect.Effect<void, NotAManagedSocket>
+  /**
+   * False (a no-op) when the channel does not exist or the socket is not subscribed. A channel
+   * whose last subscriber leaves, with no stream consumer and nothing in flight, is removed.
+   */
+  readonly unsubscribe: (subscriber: Subscriber, channel: string) => Effect.Effect<boolean, NotAManagedSocket>
+  /** Resolves with the number of sockets written to; 0 for a channel that does not exist. */
+  readonly broadcast: (
+    channel: string,
+    message: unknown,
+    options?: BroadcastOptions
+  ) => Effect.Effect<number, MessageEncodeError>
+  /** The channels a socket is subscribed to. */
+  readonly channelsOf: (subscriber: Subscriber) => Effect.Effect<ReadonlyArray<string>, NotAManagedSocket>
+  readonly stats: Effect.Effect<Stats>
+}
+
+/**
+ * @since 0.1.0
+ * @category tags
+ */
+export const Broadcaster: Context.Tag<Broadcaster, Broadcaster> = Context.GenericTag<Broadcaster>(
+  "effect-websocket-manager/Broadcaster"
+)
+
+/**
+ * Per-channel metrics: `websocket_channel_delivered_total`, `websocket_channel_dropped_total`
+ * and `websocket_channel_subscribers`, tagged with `channel`.
+ *
+ * @since 0.1.0
+ * @category metrics
+ */
+export const metrics = {
+  delivered: Metric.counter("websocket_channel_delivered_total", {
+    description: "messages written to subscribed sockets",
+    incremental: true
+  }),
+  dropped: Metric.counter("websocket_channel_dropped_total", {
+    description: "messages slow sockets did not get",
+    incremental: true
+  }),
+  subscribers: Metric.gauge("websocket_channel_subscribers", { description: "sockets subscribed to the channel" })
+}
+
+const channelMetrics = (name: string): ChannelMetrics => ({
+  delivered: Metric.tagged(metrics.delivered, "channel", name),
+  dropped: Metric.tagged(metrics.dropped, "channel", name),
+  subscribers: Metric.tagged(metrics.subscribers, "channel", name)
+})
+
+/** Enough to coalesce a burst into one write per socket without holding a socket's writes back. */
+const MAX_BATCH = 256
+
+const connectionOf = (subscriber: Subscriber): Either.Either<ConnectionImpl, NotAManagedSocket> => {
+  const connection = fromSocket((subscriber as Connection).socket ?? subscriber)
+  return connection._tag === "Some"
+    ? Either.right(connection.value)
+    : Either.left(new NotAManagedSocket({ reason: "the socket was not accepted by a WebSocketManager" }))
+}
+
+/**
+ * @since 0.1.0
+ * @category constructors
+ */
+export const make = (options?: BroadcasterOptions): Effect.Effect<Broadcaster, InvalidOptions, Scope.Scope> =>
+  Effect.gen(function*() {
+    const config: BroadcasterConfig = yield* decode(BroadcasterOptionsSchema, options)
+    const fibers = yield* FiberSet.make<unknown, unknown>()
+    const runFork = yield* FiberSet.runtime(fibers)<never>()
+    const channels = new Map<string, ChannelActor>()
+    const memberships = new Map<ConnectionImpl, Set<ChannelActor>>()
+
+    const open = (name: string) =>
+      Effect.gen(function*() {
+        const existing = channels.get(name)
+        if (existing !== undefined) return existing
+        const pubsub = yield* PubSub.unbounded<Envelope>()
+        const scope = yield* ScopeModule.make()
+        const mailbox = yield* ScopeModule.extend(PubSub.subscribe(pubsub), scope)
+        const actor = new ChannelActor(
+          name,
+          { ...config, ...config.channels[name] },
+          pubsub,
+          mailbox,
+          scope,
+          channelMetrics(name)
+        )
+        channels.set(name, actor)
+        actor.fiber = runFork(actor.run(MAX_BATCH))
+        return actor
+      })
+
+    // The channel leaves the registry at once; its fiber and PubSub are shut down in the background,
+    // so unsubscribing stays synchronous for the facade.
+    const removeIfIdle = (actor: ChannelActor) =>
+      Effect.sync(() => {
+        if (!actor.idle || channels.get(actor.name) !== actor) return
+        channels.delete(actor.name)
+        actor.fiber?.unsafeInterruptAsFork(FiberId.none)
+        runFork(Effect.zipRight(ScopeModule.close(actor.scope, Exit.void), PubSub.shutdown(actor.pubsub)))
+      })
+
+    const leaveAll = (connection: ConnectionImpl) =>
+      Effect.suspend(() => {
+        const joined = memberships.get(connection)
+        memberships.delete(connection)
+        if (joined === undefined) return Effect.void
+        return Effect.forEach(joined, (actor) => {
+          actor.remove(connection)
+          return removeIfIdle(actor)
+        }, { discard: true })
+      })
+
+    const subscribe: Broadcaster["subscribe"] = (subscriber, name) =>
+      Effect.gen(function*() {
+        const connection = yield* connectionOf(subscriber)
+        if (!connection.isOpen) return yield* new NotAManagedSocket({ reason: "the socket is not open" })
+        const actor = yield* open(name)
+        if (!actor.add(connection)) return
+        const joined = memberships.get(connection)
+        if (joined !== undefined) {
+          joined.add(actor)
+          return
+        }
+        // One membership set and one finalizer per connection, kept however many channels it
+        // joins and leaves, so a long-lived connection does not pile finalizers up.
+        memberships.set(connection, new Set([actor]))
+        yield* ScopeModule.addFinalizer(connection.scope, leaveAll(connection))
+      })
+
+    const unsubscribe: Broadcaster["unsubscribe"] = (subscriber, name) =>
+      Effect.gen(function*() {
+        const connection = yield* connectionOf(subscriber)
+        const actor = channels.get(name)
+        if (actor === undefined || !actor.remove(connection)) return false
+        memberships.get(connection)?.delete(actor)
+        yield* removeIfIdle(actor)
+        return true
+      })
+
+    const broadcast: Broadcaster["broadcast"] = (name, message, options) =>
+      Effect.suspend(() => {
+        const encoded = Encode.encode(message)
+        if (Either.isLeft(encoded)) return Effect.fail(encoded.left)
+        const actor = channels.get(name)
+        if (actor === undefined) return Effect.succeed(0)
+        const exclude = options?.exclude === undefined
+          ? undefined
+          : (options.exclude as Connection).socket ?? options.exclude
+        const done = Deferred.unsafeMake<number>(FiberId.none)
+        return Effect.zipRight(
+          PubSub.publish(actor.pubsub, { message, encoded: encoded.right, exclude, filter: options?.filter, done }),
+          Deferred.await(done)
+        )
+      })
+
+    const channel = (name: string): Channel => ({
+      name,
+      get subscriberCount() {
+        return channels.get(name)?.subscribers.size ?? 0
+      },
+      broadcast: (message, options) => broadcast(name, message, options),
+      messages: Stream.unwrapScoped(
+        Effect.gen(function*() {
+          const actor = yield* Effect.acquireRelease(
+            Effect.tap(open(name), (actor) => Effect.sync(() => actor.consumers++)),
+            (actor) => Effect.suspend(() => {
+              actor.consumers--
+              return removeIfIdle(actor)
+            })
+          )
+          const queue = yield* PubSub.subscribe(actor.pubsub)
+          return Stream.map(Stream.fromQueue(queue), (envelope) => envelope.message)
+        })
+      )
+    })
+
+    const stats = Effect.map(FiberSet.size(fibers), (fiberCount): Stats => {
+      const perChannel: Record<string, ChannelStats> = {}
+      let subscriptions = 0
+      for (const [name, actor] of channels) {
+        subscriptions += actor.subscribers.size
+        perChannel[name] = {
+          subscribers: actor.subscribers.size,
+          delivered: actor.delivered,
+          dropped: actor.dropped,
+          backlogged: actor.backlogged
+        }
+      }
+      let subscribers = 0
+      for (const joined of memberships.values()) if (joined.size > 0) subscribers++
+      return { channels: perChannel, subscriptions, subscribers, fibers: fiberCount }
+    })
+
+    const broadcaster: Broadcaster = {
+      [TypeId]: TypeId,
+      createChannel: (name) => Effect.as(open(name), channel(name)),
+      subscribe,
+      unsubscribe,
+      broadcast,
+      channelsOf: (subscriber) =>
+        Effect.map(connectionOf(subscriber), (connection) =>
+          Array.from(memberships.get(connection) ?? [], (actor) => actor.name)),
+      stats
+    }
+    return broadcaster
+  })
+
+/**
+ * @since 0.1.0
+ * @category layers
+ */
+export const layer = (options?: BroadcasterOptions): Layer.Layer<Broadcaster, InvalidOptions> =>
+  Layer.scoped(Broadcaster, make(options))
