@@ -1,0 +1,68 @@
+/**
+ * What every benchmark shares: child processes over IPC, bounded waits, the machine's
+ * description and markdown tables.
+ */
+import { type ChildProcess, fork } from "node:child_process"
+import { readFileSync } from "node:fs"
+import { cpus } from "node:os"
+
+/** Starts a TypeScript worker with IPC; it is killed when this process exits. */
+export const spawnWorker = (file: string, args: Array<string> = [], execArgv: Array<string> = []): ChildProcess => {
+  const child = fork(file, args, { execArgv: ["--import", "tsx", ...execArgv], stdio: ["ignore", "inherit", "inherit", "ipc"] })
+  process.on("exit", () => child.kill("SIGKILL"))
+  return child
+}
+
+/** The next IPC message of that type from the child, failing after `millis`. */
+export const nextReply = <A = any>(child: ChildProcess, type: string, millis = 120_000): Promise<A> =>
+  new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      child.off("message", onMessage)
+      reject(new Error(`no "${type}" from worker within ${millis} ms`))
+    }, millis)
+    const onMessage = (message: any) => {
+      if (message?.type !== type) return
+      clearTimeout(timer)
+      child.off("message", onMessage)
+      resolve(message)
+    }
+    child.on("message", onMessage)
+    child.once("exit", (code) => {
+      clearTimeout(timer)
+      reject(new Error(`worker exited (${code}) before "${type}"`))
+    })
+  })
+
+export const request = <A = any>(child: ChildProcess, message: { type: string; [key: string]: unknown }, reply: string, millis?: number) => {
+  const answer = nextReply<A>(child, reply, millis)
+  child.send(message)
+  return answer
+}
+
+export const stop = (child: ChildProcess) =>
+  new Promise<void>((resolve) => {
+    if (child.exitCode !== null) return resolve()
+    child.once("exit", () => resolve())
+    child.kill("SIGTERM")
+    setTimeout(() => child.kill("SIGKILL"), 3_000).unref()
+  })
+
+export const machine = () => {
+  const model = /model name\s*:\s*(.+)/.exec(readFileSync("/proc/cpuinfo", "utf8"))?.[1] ?? cpus()[0]?.model
+  return `${model}, ${cpus().length} cores, Node ${process.version}, ${new Date().toISOString().slice(0, 10)}`
+}
+
+export const table = (header: Array<string>, rows: Array<Array<string | number>>) =>
+  [
+    `| ${header.join(" | ")} |`,
+    `| ${header.map(() => "---").join(" | ")} |`,
+    ...rows.map((row) => `| ${row.join(" | ")} |`)
+  ].join("\n")
+
+export const median = (values: Array<number>) => {
+  const sorted = [...values].sort((a, b) => a - b)
+  const middle = Math.floor(sorted.length / 2)
+  return sorted.length % 2 ? sorted[middle]! : (sorted[middle - 1]! + sorted[middle]!) / 2
+}
+
+export const round = (value: number, digits = 2) => Number(value.toFixed(digits))
