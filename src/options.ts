@@ -205,4 +205,85 @@ export type BroadcasterOptions = typeof BroadcasterOptions.Encoded
  */
 export type BroadcasterConfig = typeof BroadcasterOptions.Type
 
-// ---- WebSocketPool options ----
+/**
+ * @since 0.1.0
+ * @category options
+ */
+export const LoadBalancing = Schema.Literal("round-robin", "least-connections", "weighted-round-robin", "random")
+
+const BackendOptions = Schema.Struct({
+  id: Schema.String,
+  url: Schema.String.pipe(Schema.pattern(/^wss?:\/\//, { message: () => "must be a ws:// or wss:// URL" })),
+  weight: Schema.optionalWith(PositiveInt, { default: () => 1 })
+})
+
+/**
+ * Health checks: a WebSocket ping round trip on a fresh connection, or an HTTP GET of `path`.
+ *
+ * @since 0.1.0
+ * @category options
+ */
+export const HealthCheckOptions = Schema.Struct({
+  enabled: Schema.optionalWith(Schema.Boolean, { default: () => false }),
+  interval: Schema.optionalWith(Millis, { default: () => 10_000 }),
+  timeout: Schema.optionalWith(Millis, { default: () => 2_000 }),
+  unhealthyThreshold: Schema.optionalWith(PositiveInt, { default: () => 3 }),
+  healthyThreshold: Schema.optionalWith(PositiveInt, { default: () => 2 }),
+  path: Schema.optional(Schema.String)
+})
+
+/**
+ * @since 0.1.0
+ * @category options
+ */
+export const CircuitBreakerOptions = Schema.Struct({
+  enabled: Schema.optionalWith(Schema.Boolean, { default: () => true }),
+  failureThreshold: Schema.optionalWith(PositiveInt, { default: () => 5 }),
+  recoveryTimeout: Schema.optionalWith(Millis, { default: () => 30_000 })
+})
+
+/**
+ * `WebSocketPool` options: the documented ones, the target (`url` or `backends`), and balancing,
+ * health checks and circuit breaking.
+ *
+ * @since 0.1.0
+ * @category options
+ */
+export const WebSocketPoolOptions = Schema.Struct({
+  url: Schema.optional(BackendOptions.fields.url),
+  backends: Schema.optional(Schema.Array(BackendOptions)),
+  maxConnections: Schema.optionalWith(PositiveInt, { default: () => 10 }),
+  minConnections: Schema.optionalWith(NonNegativeInt, { default: () => 0 }),
+  acquireTimeout: Schema.optionalWith(Millis, { default: () => 10_000 }),
+  idleTimeout: Schema.optionalWith(Millis, { default: () => 60_000 }),
+  validateOnCheckout: Schema.optionalWith(Schema.Boolean, { default: () => false }),
+  /** How long a new connection may take to open. */
+  connectTimeout: Schema.optionalWith(Millis, { default: () => 5_000 }),
+  loadBalancing: Schema.optionalWith(LoadBalancing, { default: () => "round-robin" as const }),
+  healthCheck: Schema.optionalWith(HealthCheckOptions, { default: () => HealthCheckOptions.make({}) }),
+  circuitBreaker: Schema.optionalWith(CircuitBreakerOptions, { default: () => CircuitBreakerOptions.make({}) })
+}).pipe(
+  Schema.filter((options) => {
+    if (options.minConnections > options.maxConnections) {
+      return { path: ["minConnections"], message: "must not exceed maxConnections" }
+    }
+    if ((options.url === undefined) === (options.backends === undefined || options.backends.length === 0)) {
+      return { path: ["url"], message: "give either url or a non-empty backends list" }
+    }
+    const ids = (options.backends ?? []).map((backend) => backend.id)
+    if (new Set(ids).size !== ids.length) return { path: ["backends"], message: "backend ids must be unique" }
+    return undefined
+  })
+)
+
+/**
+ * @since 0.1.0
+ * @category options
+ */
+export type WebSocketPoolOptions = typeof WebSocketPoolOptions.Encoded
+
+/**
+ * @since 0.1.0
+ * @category options
+ */
+export type WebSocketPoolConfig = typeof WebSocketPoolOptions.Type
