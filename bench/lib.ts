@@ -6,10 +6,14 @@ import { type ChildProcess, fork } from "node:child_process"
 import { readFileSync } from "node:fs"
 import { cpus } from "node:os"
 
+const children = new Set<ChildProcess>()
+process.on("exit", () => children.forEach((child) => child.kill("SIGKILL")))
+
 /** Starts a TypeScript worker with IPC; it is killed when this process exits. */
 export const spawnWorker = (file: string, args: Array<string> = [], execArgv: Array<string> = []): ChildProcess => {
   const child = fork(file, args, { execArgv: ["--import", "tsx", ...execArgv], stdio: ["ignore", "inherit", "inherit", "ipc"] })
-  process.on("exit", () => child.kill("SIGKILL"))
+  children.add(child)
+  child.once("exit", () => children.delete(child))
   return child
 }
 

@@ -271,9 +271,15 @@ export const make = (options: WebSocketPoolOptions): Effect.Effect<WebSocketPool
         ? waitForPong(socket, Math.min(VALIDATION_PING_TIMEOUT, config.acquireTimeout || VALIDATION_PING_TIMEOUT))
         : Effect.succeed(true)
 
+    const idleCount = () => {
+      let idle = 0
+      for (const socket of live) if (!checkedOut.has(socket)) idle++
+      return idle
+    }
+
     /**
-     * Takes a connection from the pool into `itemScope`. effect's Pool waits uninterruptibly while
-     * it opens a connection, so when none is idle the wait runs in a detached fiber the caller
+     * Takes a connection from the pool into `itemScope`. effect's Pool waits uninterruptibly
+     * while it opens a connection, so below `max` the wait runs in a detached fiber the caller
      * joins interruptibly: a caller that times out leaves it behind, and the connection it gets
      * later is released at once into the caller's closed scope.
      */
@@ -281,7 +287,7 @@ export const make = (options: WebSocketPoolOptions): Effect.Effect<WebSocketPool
       Effect.suspend(() => {
         waiting++
         const get = ScopeModule.extend(Pool.get(pool), itemScope)
-        return idleCount() > 0 ? get : Effect.flatMap(Effect.forkDaemon(get), Fiber.join)
+        return live.size < config.maxConnections ? Effect.flatMap(Effect.forkDaemon(get), Fiber.join) : get
       }).pipe(
         // Connecting retries until it succeeds, so the pool hands out no failed acquisitions.
         Effect.orDie,
@@ -292,34 +298,36 @@ export const make = (options: WebSocketPoolOptions): Effect.Effect<WebSocketPool
         )
       )
 
+    const markCheckedOut = (socket: WebSocket, itemScope: Scope.Scope) => {
+      const backend = backendBySocket.get(socket)!
+      checkedOut.add(socket)
+      backend.active++
+      return Effect.as(
+        ScopeModule.addFinalizer(
+          itemScope,
+          Effect.sync(() => {
+            checkedOut.delete(socket)
+            backend.active--
+            if (closed) socket.close(1000)
+          })
+        ),
+        socket
+      )
+    }
+
     /** One checkout attempt into `parent`: a valid connection, or `undefined` after invalidating a dead one. */
-    const attempt = (parent: Scope.Scope) =>
-      Effect.gen(function*() {
-        const itemScope = yield* ScopeModule.fork(parent, ExecutionStrategy.sequential)
-        return yield* Effect.gen(function*() {
-          const socket = yield* take(itemScope)
-          if (!(yield* validate(socket))) {
-            yield* invalidate(socket)
-            return undefined
-          }
-          const backend = backendBySocket.get(socket)!
-          checkedOut.add(socket)
-          backend.active++
-          yield* ScopeModule.addFinalizer(
-            itemScope,
-            Effect.sync(() => {
-              checkedOut.delete(socket)
-              backend.active--
-              if (closed) socket.close(1000)
-            })
-          )
-          return socket
-        }).pipe(
+    const attempt = (parent: Scope.Scope, fromIdle: boolean) =>
+      Effect.flatMap(ScopeModule.fork(parent, ExecutionStrategy.sequential), (itemScope) =>
+        (fromIdle ? Effect.orDie(ScopeModule.extend(Pool.get(pool), itemScope)) : take(itemScope)).pipe(
+          Effect.flatMap((socket) =>
+            Effect.flatMap(validate(socket), (valid): Effect.Effect<WebSocket | undefined> =>
+              valid ? markCheckedOut(socket, itemScope) : Effect.as(invalidate(socket), undefined)
+            )
+          ),
           Effect.onExit((exit) =>
             Exit.isSuccess(exit) && exit.value !== undefined ? Effect.void : ScopeModule.close(itemScope, exit)
           )
-        )
-      })
+        ))
 
     const acquireInto = (parent: Scope.Scope): Effect.Effect<WebSocket, AcquireError> =>
       Effect.suspend((): Effect.Effect<WebSocket, AcquireError> => {
@@ -327,8 +335,12 @@ export const make = (options: WebSocketPoolOptions): Effect.Effect<WebSocketPool
         if (!backends.some((backend) => backend.available)) {
           return Effect.fail(new NoHealthyBackend({ backends: backendIds }))
         }
+        // An idle connection is handed out without waiting: no timeout to race, nothing to fork.
+        if (idleCount() > 0) {
+          return Effect.flatMap(attempt(parent, true), (socket) => socket === undefined ? acquireInto(parent) : Effect.succeed(socket))
+        }
         const loop: Effect.Effect<WebSocket, PoolClosed> = Effect.flatMap(
-          attempt(parent),
+          attempt(parent, false),
           (socket) => socket === undefined ? loop : Effect.succeed(socket)
         )
         return loop.pipe(
@@ -357,12 +369,6 @@ export const make = (options: WebSocketPoolOptions): Effect.Effect<WebSocketPool
         checkouts.delete(socket)
         return ScopeModule.close(scope, Exit.void)
       })
-
-    const idleCount = () => {
-      let idle = 0
-      for (const socket of live) if (!checkedOut.has(socket)) idle++
-      return idle
-    }
 
     const health = Effect.sync(() => {
       const status: Record<string, BackendHealth> = {}

@@ -1,0 +1,6 @@
+/** The backend the pools connect to, in its own process. */
+import type { AddressInfo } from "node:net"
+import { WebSocketServer } from "ws"
+
+const server = new WebSocketServer({ host: "127.0.0.1", port: 0 })
+server.once("listening", () => process.send!({ type: "listening", port: (server.address() as AddressInfo).port }))
