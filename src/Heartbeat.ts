@@ -44,18 +44,22 @@ const step = (connection: ConnectionImpl, timeoutMillis: number): Effect.Effect<
   })
 
 /**
- * Runs a connection's heartbeat until the peer misses a pong. The first ping goes out
+ * A connection's heartbeat, which runs until the peer misses a pong. The schedule and the first
+ * wait are built once and shared by every connection; the first ping goes out
  * `interval - timeout` after the connection opens, not during the handshake burst.
  *
  * @since 0.1.0
- * @category running
+ * @category constructors
  */
-export const run = (
-  connection: ConnectionImpl,
+export const make = (
   intervalMillis: number,
   timeoutMillis: number
-): Effect.Effect<never, HeartbeatTimeout> =>
-  Effect.sleep(Duration.millis(intervalMillis - timeoutMillis)).pipe(
-    Effect.zipRight(Effect.repeat(step(connection, timeoutMillis), schedule(intervalMillis, timeoutMillis))),
-    Effect.zipRight(Effect.never)
-  )
+): (connection: ConnectionImpl) => Effect.Effect<never, HeartbeatTimeout> => {
+  const firstWait = Effect.sleep(Duration.millis(intervalMillis - timeoutMillis))
+  const steps = schedule(intervalMillis, timeoutMillis)
+  return (connection) =>
+    firstWait.pipe(
+      Effect.zipRight(Effect.repeat(step(connection, timeoutMillis), steps)),
+      Effect.zipRight(Effect.never)
+    )
+}

@@ -176,6 +176,13 @@ export const make = (
     const runFork = yield* FiberSet.runtime(fibers)<never>()
     let closing = false
 
+    // Shared by every connection: no per-connection closure may be made inside `establish`, whose
+    // scope (which a closure keeps alive whole) holds the upgrade request and its raw socket parts.
+    const unregister = (connection: ConnectionImpl) => registry.remove(connection, connection.reservation)
+    const heartbeat = config.heartbeatInterval > 0
+      ? Heartbeat.make(config.heartbeatInterval, config.heartbeatTimeout)
+      : () => Effect.never
+
     const end = (connection: ConnectionImpl, exit: Exit.Exit<unknown, unknown>) =>
       Effect.suspend(() => {
         // A peer that missed its heartbeat gets no close handshake it could not answer.
@@ -186,7 +193,7 @@ export const make = (
         const logFailure = connection.failure === undefined
           ? Effect.void
           : Effect.logWarning(connection.failure.message, Cause.die(connection.failure.cause))
-        return Effect.zipRight(logFailure, Scope.close(connection.scope, exit))
+        return Effect.zipRight(logFailure, connection.finish(exit))
       })
 
     const runHandler = (connection: ConnectionImpl, handler: NonNullable<AcceptOptions["handler"]>) =>
@@ -200,10 +207,9 @@ export const make = (
       )
 
     const lifecycle = (connection: ConnectionImpl, handler: AcceptOptions["handler"]) => {
-      const heartbeat = config.heartbeatInterval > 0
-        ? Heartbeat.run(connection, config.heartbeatInterval, config.heartbeatTimeout)
-        : Effect.never
-      const body = handler === undefined ? heartbeat : Effect.zipRight(runHandler(connection, handler), heartbeat)
+      const body = handler === undefined
+        ? heartbeat(connection)
+        : Effect.zipRight(runHandler(connection, handler), heartbeat(connection))
       return Effect.onExit(body, (exit) => end(connection, exit))
     }
 
@@ -220,12 +226,9 @@ export const make = (
         if (identity.userId !== undefined) yield* registry.reserveUser(reservation, identity.userId)
         if (closing) return yield* new ManagerClosed()
         const socket = yield* Handshake.complete(server, raw, protocol, offered)
-        const scope = yield* Scope.make()
-        const unregister = (connection: ConnectionImpl) => registry.remove(connection, reservation)
         const context = contextOf(request, raw, socket, protocol, identity.userId, identity.user)
-        const connection = new ConnectionImpl(socket, context, scope, unregister)
+        const connection = new ConnectionImpl(socket, context, reservation, unregister)
         registry.add(connection)
-        yield* Scope.addFinalizer(scope, Effect.sync(() => unregister(connection)))
         connection.fiber = runFork(lifecycle(connection, handler))
         const accepted: Accepted = {
           socket,

@@ -10,6 +10,7 @@ import type { CloseInfo, Connection, ConnectionContext, Message } from "../Conne
 import { HandlerFailed, SocketNotOpen } from "../errors.js"
 import type { MessageEncodeError } from "../errors.js"
 import * as Encode from "./encode.js"
+import type { Reservation } from "./registry.js"
 
 export const TypeId: unique symbol = Symbol.for("effect-websocket-manager/Connection")
 
@@ -53,18 +54,42 @@ export class ConnectionImpl implements Connection {
   failure: HandlerFailed | undefined = undefined
   closeInfo: CloseInfo | undefined = undefined
 
+  private ownScope: Scope.CloseableScope | undefined = undefined
+  private finished = false
+
   constructor(
     readonly socket: ManagedWebSocket,
     readonly context: ConnectionContext,
-    readonly scope: Scope.CloseableScope,
-    /** Takes the connection out of the manager's registry; idempotent. */
-    readonly unregister: (connection: ConnectionImpl) => void
+    /** The slot this connection holds in the manager's counts. */
+    readonly reservation: Reservation,
+    /** Takes a connection out of the manager's registry; idempotent, and shared by all connections. */
+    private readonly unregister: (connection: ConnectionImpl) => void
   ) {
     socket.connection = this
   }
 
   get id(): string {
     return this.context.id
+  }
+
+  /**
+   * Made on first use: most connections never need one, and a scope with its finalizer map is a
+   * good part of an idle connection's bytes. Asked for after the end, it comes closed, so a
+   * finalizer added to it runs at once.
+   */
+  get scope(): Scope.Scope {
+    if (this.ownScope === undefined) {
+      this.ownScope = Effect.runSync(Scope.make())
+      if (this.finished) Effect.runSync(Scope.close(this.ownScope, Exit.void))
+    }
+    return this.ownScope
+  }
+
+  /** The actor's end: leave the registry and close the scope, with how the actor ended. */
+  finish(exit: Exit.Exit<unknown, unknown>): Effect.Effect<void> {
+    this.finished = true
+    this.unregister(this)
+    return this.ownScope === undefined ? Effect.void : Scope.close(this.ownScope, exit)
   }
 
   /** A user handler failed: close this connection, and only this one, with 1011. */
@@ -144,7 +169,3 @@ export const fromSocket = (socket: unknown): Option.Option<ConnectionImpl> =>
   socket instanceof ManagedWebSocket && socket.connection !== undefined
     ? Option.some(socket.connection)
     : Option.none()
-
-/** Closes the connection's scope with how the actor ended, so subscriptions and counts are released. */
-export const release = (connection: ConnectionImpl, exit: Exit.Exit<unknown, unknown>) =>
-  Scope.close(connection.scope, exit)

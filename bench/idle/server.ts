@@ -1,0 +1,67 @@
+/**
+ * An idle-connection server under test, one variant per process, reporting its memory after GC:
+ * `ws` (with the heartbeat its README recommends), `socket.io`, or `manager` (this library).
+ */
+import { createServer } from "node:http"
+import type { AddressInfo } from "node:net"
+import { Server as SocketIOServer } from "socket.io"
+import WebSocket, { WebSocketServer } from "ws"
+import { serve, WebSocketManager } from "../../src/promise/index.js"
+
+const variant = process.argv[2] as "ws" | "socket.io" | "manager"
+const HEARTBEAT_INTERVAL = 30_000
+const HEARTBEAT_TIMEOUT = 10_000
+
+const start = async (): Promise<{ port: number; connected: () => number }> => {
+  switch (variant) {
+    case "ws": {
+      const wss = new WebSocketServer({ port: 0, host: "127.0.0.1" })
+      const alive = new WeakSet<WebSocket>()
+      wss.on("connection", (ws) => {
+        alive.add(ws)
+        ws.on("pong", () => alive.add(ws))
+      })
+      setInterval(() => {
+        for (const ws of wss.clients) {
+          if (!alive.has(ws)) ws.terminate()
+          alive.delete(ws)
+          ws.ping()
+        }
+      }, HEARTBEAT_INTERVAL)
+      await new Promise((resolve) => wss.once("listening", resolve))
+      return { port: (wss.address() as AddressInfo).port, connected: () => wss.clients.size }
+    }
+    case "socket.io": {
+      const http = createServer()
+      const io = new SocketIOServer(http, { transports: ["websocket"], serveClient: false })
+      await new Promise<void>((resolve) => http.listen(0, "127.0.0.1", resolve))
+      return { port: (http.address() as AddressInfo).port, connected: () => io.of("/").sockets.size }
+    }
+    case "manager": {
+      const manager = new WebSocketManager({
+        maxConnections: 100_000,
+        heartbeatInterval: HEARTBEAT_INTERVAL,
+        heartbeatTimeout: HEARTBEAT_TIMEOUT
+      })
+      const server = await serve({ port: 0, fetch: async (request) => (await manager.accept(request)).response })
+      return { port: server.port, connected: () => manager.getActiveConnections() }
+    }
+  }
+}
+
+const settle = async () => {
+  for (let i = 0; i < 4; i++) {
+    globalThis.gc!()
+    await new Promise((resolve) => setTimeout(resolve, 100))
+  }
+  const { heapUsed, rss } = process.memoryUsage()
+  return { heapUsed, rss }
+}
+
+const target = await start()
+const before = await settle()
+process.on("message", async (command: any) => {
+  if (command.type === "count") process.send!({ type: "count", connected: target.connected() })
+  if (command.type === "memory") process.send!({ type: "memory", before, after: await settle() })
+})
+process.send!({ type: "listening", port: target.port })
