@@ -1,7 +1,7 @@
 /**
- * One accepted WebSocket connection: an actor whose fiber owns its lifecycle (heartbeat, close)
- * and whose scope holds what it owns (its place in the manager's counts, its channel
- * subscriptions). The scope closes however the connection ends.
+ * One accepted WebSocket connection: an actor whose fiber owns its lifecycle (heartbeat, close).
+ * When it ends, however it ends, it leaves the manager's counts and closes its scope, which holds
+ * what others attached to it (channel subscriptions).
  *
  * @since 0.1.0
  */

@@ -4,8 +4,8 @@
  * `accept(request)` checks the upgrade (origin, subprotocol, limits, authentication), completes
  * the handshake with `ws`, and forks the connection's fiber into the manager's `FiberSet`. The
  * fiber runs the heartbeat `Schedule`; the socket's close event interrupts it, and its exit
- * closes the connection's scope, which gives back its slot, its user index entry and its
- * channel subscriptions, however the connection ended.
+ * gives back the connection's slot and user index entry and closes the connection's scope
+ * (its channel subscriptions), however the connection ended.
  *
  * @since 0.1.0
  */
