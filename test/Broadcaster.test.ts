@@ -1,4 +1,6 @@
+import { Effect, Metric } from "effect"
 import { afterEach, describe, expect, it } from "vitest"
+import * as Core from "../src/Broadcaster.js"
 import WebSocket from "ws"
 import { Broadcaster } from "../src/promise/index.js"
 import type { BroadcasterOptions } from "../src/promise/index.js"
@@ -208,10 +210,15 @@ describe("slow consumers", () => {
   })
 
   it("drop-oldest: a small backlog of the newest messages is flushed when the socket drains", async () => {
-    const { broadcaster, slow } = await flood("drop-oldest")
+    // Metrics are global: this test counts from what earlier tests left on the same channel name.
+    const deliveredBefore = Effect.runSync(Metric.value(Metric.tagged(Core.metrics.delivered, "channel", "firehose"))).count
+    const droppedBefore = Effect.runSync(Metric.value(Metric.tagged(Core.metrics.dropped, "channel", "firehose"))).count
+    const { broadcaster, slow, slowSocket } = await flood("drop-oldest")
     const stats = broadcaster.getStats().channels.firehose!
     expect(stats.backlogged).toBe(1)
     expect(stats.dropped).toBeGreaterThan(0)
+    // One drain listener waits for the backlog, however many messages arrived meanwhile.
+    expect((slowSocket as any)._socket.listenerCount("drain")).toBeLessThanOrEqual(1)
     const received: Array<number> = []
     slow.on("message", (data) => received.push(Number(data.toString().split(":")[0])))
     ;(slow as any)._socket.resume()
@@ -220,6 +227,14 @@ describe("slow consumers", () => {
     expect(received.slice(-8)).toEqual(Array.from({ length: 8 }, (_, i) => COUNT - 8 + i))
     expect(received.length).toBe(COUNT - stats.dropped)
     await eventually(() => broadcaster.getStats().channels.firehose!.backlogged === 0)
+    // The metrics count each delivery and drop once, as the stats do.
+    const final = broadcaster.getStats().channels.firehose!
+    const metric = (counter: typeof Core.metrics.delivered) =>
+      Effect.runSync(Metric.value(Metric.tagged(counter, "channel", "firehose"))).count
+    expect([metric(Core.metrics.delivered) - deliveredBefore, metric(Core.metrics.dropped) - droppedBefore]).toEqual([
+      final.delivered,
+      final.dropped
+    ])
   })
 
   it("close: the slow socket is closed with 1008", async () => {

@@ -7,7 +7,7 @@
  * bound the slow-consumer policy decides, so a slow socket never holds up the others.
  */
 import type { Fiber, Metric, PubSub, Queue, Scope } from "effect"
-import { Deferred, Effect, Exit } from "effect"
+import { Deferred, Effect, Exit, Option } from "effect"
 import WebSocket from "ws"
 import type { ChannelConfig } from "../options.js"
 import type { ConnectionImpl } from "./connection.js"
@@ -26,18 +26,22 @@ export interface Envelope {
   readonly done: Deferred.Deferred<number> | undefined
 }
 
+/** A `'drop-oldest'` backlog, and whether a drain listener is waiting to flush it. */
+interface Backlog {
+  readonly messages: Array<Encoded>
+  armed: boolean
+}
+
 export interface ChannelMetrics {
   readonly delivered: Metric.Metric.Counter<number>
   readonly dropped: Metric.Metric.Counter<number>
   readonly subscribers: Metric.Metric.Gauge<number>
 }
 
-const rawSocketOf = (socket: WebSocket) => (socket as unknown as { _socket: import("node:net").Socket })._socket
-
 export class ChannelActor {
   readonly subscribers = new Set<ConnectionImpl>()
   /** `'drop-oldest'` backlogs, only for sockets over their bound. */
-  private readonly backlogs = new Map<ConnectionImpl, Array<Encoded>>()
+  private readonly backlogs = new Map<ConnectionImpl, Backlog>()
   delivered = 0
   dropped = 0
   /** Server-side `Stream` consumers of this channel. */
@@ -59,9 +63,8 @@ export class ChannelActor {
 
   /** Nothing is waiting and nobody listens: the channel can go without losing anything. */
   get idle(): boolean {
-    return this.subscribers.size === 0 && this.consumers === 0 && this.mailbox.unsafeSize().pipe((size) =>
-      size._tag === "None" || size.value === 0
-    )
+    return this.subscribers.size === 0 && this.consumers === 0 &&
+      Option.getOrElse(this.mailbox.unsafeSize(), () => 0) === 0
   }
 
   add(connection: ConnectionImpl): boolean {
@@ -88,12 +91,22 @@ export class ChannelActor {
     )
   }
 
-  deliver(batch: Iterable<Envelope>): void {
-    const envelopes = Array.from(batch)
-    const keep = envelopes.map((envelope) => this.decide(envelope))
-    const counts = new Array<number>(envelopes.length).fill(0)
+  /** Runs `f` and reports what it delivered and dropped to the metrics: the one place they are updated. */
+  private counted(f: () => void): void {
     const delivered = this.delivered
     const dropped = this.dropped
+    f()
+    if (this.delivered > delivered) this.metrics.delivered.unsafeUpdate(this.delivered - delivered, [])
+    if (this.dropped > dropped) this.metrics.dropped.unsafeUpdate(this.dropped - dropped, [])
+  }
+
+  deliver(batch: Iterable<Envelope>): void {
+    this.counted(() => this.fanOut(Array.from(batch)))
+  }
+
+  private fanOut(envelopes: Array<Envelope>): void {
+    const keep = envelopes.map((envelope) => this.decide(envelope))
+    const counts = new Array<number>(envelopes.length).fill(0)
     const uniform = envelopes.length > 1 && keep.every((kept) => kept === true)
     // A batch that goes to everyone is framed into one Buffer: one write per socket for the lot.
     const combined = uniform ? Buffer.concat(envelopes.map((envelope) => Encode.frameOf(envelope.encoded))) : undefined
@@ -104,12 +117,12 @@ export class ChannelActor {
         combined !== undefined && !this.backlogs.has(connection) && Encode.canTakeRawFrame(socket) &&
         socket.bufferedAmount + combined.length <= this.config.maxBackpressure
       ) {
-        rawSocketOf(socket).write(combined)
+        Encode.rawSocketOf(socket).write(combined)
         for (let i = 0; i < counts.length; i++) counts[i]!++
         this.delivered += counts.length
         continue
       }
-      const raw = rawSocketOf(socket)
+      const raw = Encode.rawSocketOf(socket)
       if (envelopes.length > 1) raw.cork()
       for (let i = 0; i < envelopes.length; i++) {
         const kept = keep[i]!
@@ -122,8 +135,6 @@ export class ChannelActor {
       const done = envelopes[i]!.done
       if (done !== undefined && keep[i] !== false) Deferred.unsafeDone(done, Exit.succeed(counts[i]!))
     }
-    if (this.delivered > delivered) this.metrics.delivered.unsafeUpdate(this.delivered - delivered, [])
-    if (this.dropped > dropped) this.metrics.dropped.unsafeUpdate(this.dropped - dropped, [])
   }
 
   /**
@@ -172,43 +183,50 @@ export class ChannelActor {
         connection.closeSocket(CLOSE_POLICY_VIOLATION, "Slow consumer")
         return
       case "drop-oldest": {
-        const backlog = [encoded]
+        const backlog: Backlog = { messages: [encoded], armed: false }
         this.backlogs.set(connection, backlog)
-        rawSocketOf(connection.socket).once("drain", () => this.flush(connection, backlog))
+        this.flushOnDrain(connection, backlog)
         return
       }
     }
   }
 
-  private enqueue(backlog: Array<Encoded>, encoded: Encoded): void {
-    backlog.push(encoded)
-    if (backlog.length > this.config.maxQueuedMessages) {
-      backlog.shift()
+  private enqueue(backlog: Backlog, encoded: Encoded): void {
+    backlog.messages.push(encoded)
+    if (backlog.messages.length > this.config.maxQueuedMessages) {
+      backlog.messages.shift()
       this.dropped++
-      this.metrics.dropped.unsafeUpdate(1, [])
     }
+  }
+
+  /** One drain listener per backlog at most, however many messages arrive while it waits. */
+  private flushOnDrain(connection: ConnectionImpl, backlog: Backlog): void {
+    const raw = Encode.rawSocketOf(connection.socket)
+    if (backlog.armed || !raw.writableNeedDrain) return
+    backlog.armed = true
+    raw.once("drain", () => {
+      backlog.armed = false
+      this.counted(() => this.flush(connection, backlog))
+    })
   }
 
   /**
    * Writes a backlog out while the socket is under its bound; true once it is empty. Runs on the
    * socket's drain and before the next message for it, whichever comes first.
    */
-  private flush(connection: ConnectionImpl, backlog: Array<Encoded>): boolean {
+  private flush(connection: ConnectionImpl, backlog: Backlog): boolean {
     if (this.backlogs.get(connection) !== backlog) return true
     const socket = connection.socket
-    let written = 0
-    while (backlog.length > 0 && socket.readyState === WebSocket.OPEN && socket.bufferedAmount <= this.config.maxBackpressure) {
-      Encode.write(socket, backlog.shift()!)
-      written++
+    const { messages } = backlog
+    while (messages.length > 0 && socket.readyState === WebSocket.OPEN && socket.bufferedAmount <= this.config.maxBackpressure) {
+      Encode.write(socket, messages.shift()!)
+      this.delivered++
     }
-    this.delivered += written
-    if (written > 0) this.metrics.delivered.unsafeUpdate(written, [])
-    if (backlog.length === 0 || socket.readyState !== WebSocket.OPEN) {
+    if (messages.length === 0 || socket.readyState !== WebSocket.OPEN) {
       this.backlogs.delete(connection)
       return true
     }
-    const raw = rawSocketOf(socket)
-    if (raw.writableNeedDrain) raw.once("drain", () => this.flush(connection, backlog))
+    this.flushOnDrain(connection, backlog)
     return false
   }
 }

@@ -7,6 +7,7 @@
  */
 import { Either } from "effect"
 import * as WS from "ws"
+import type { Socket } from "node:net"
 import WebSocket from "ws"
 import { MessageEncodeError } from "../errors.js"
 
@@ -68,6 +69,9 @@ export const frameOf = (encoded: Encoded): Buffer => {
   return encoded.frame
 }
 
+/** The TCP socket under a `ws` socket, where frames are written. */
+export const rawSocketOf = (socket: WebSocket): Socket => (socket as unknown as { _socket: Socket })._socket
+
 /** Whether a frame may be written to the socket as it is: no compression, nothing queued in ws. */
 export const canTakeRawFrame = (socket: WebSocket): boolean => {
   const internals = socket as any
@@ -81,7 +85,7 @@ export const canTakeRawFrame = (socket: WebSocket): boolean => {
 export const write = (socket: WebSocket, encoded: Encoded): boolean => {
   if (socket.readyState !== WebSocket.OPEN) return false
   if (canTakeRawFrame(socket)) {
-    ;(socket as any)._socket.write(frameOf(encoded))
+    rawSocketOf(socket).write(frameOf(encoded))
   } else {
     socket.send(encoded.data, { binary: encoded.binary })
   }

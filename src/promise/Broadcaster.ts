@@ -3,12 +3,12 @@
  *
  * @since 0.1.0
  */
-import { Effect, Exit, Scope } from "effect"
+import { Exit, Scope } from "effect"
 import type WebSocket from "ws"
 import type * as Core from "../Broadcaster.js"
 import { make } from "../Broadcaster.js"
 import type { BroadcasterOptions } from "../options.js"
-import { runPromise, runSync } from "./runtime.js"
+import { buildInScope, runPromise, runSync } from "./runtime.js"
 
 /**
  * @since 0.1.0
@@ -40,9 +40,9 @@ export class Broadcaster {
 
   /** Throws `InvalidOptions` (naming the field) when an option is invalid. */
   constructor(options?: BroadcasterOptions) {
-    const scope = runSync(Scope.make())
+    const { scope, service } = buildInScope(make(options))
     this.#scope = scope
-    this.service = runSync(Effect.tapError(Scope.extend(make(options), scope), () => Scope.close(scope, Exit.void)))
+    this.service = service
   }
 
   createChannel(name: string): Channel {

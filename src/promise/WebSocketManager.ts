@@ -8,7 +8,7 @@ import type WebSocket from "ws"
 import type { ConnectionContext } from "../Connection.js"
 import type { WebSocketManagerOptions } from "../options.js"
 import * as Core from "../WebSocketManager.js"
-import { runPromise, runSync } from "./runtime.js"
+import { buildInScope, runPromise, runSync } from "./runtime.js"
 
 /**
  * @since 0.1.0
@@ -40,9 +40,9 @@ export class WebSocketManager {
 
   /** Throws `InvalidOptions` (naming the field) when an option is invalid. */
   constructor(options?: WebSocketManagerOptions) {
-    const scope = runSync(Scope.make())
+    const { scope, service } = buildInScope(Core.make(options))
     this.#scope = scope
-    this.service = runSync(Effect.tapError(Scope.extend(Core.make(options), scope), () => Scope.close(scope, Exit.void)))
+    this.service = service
   }
 
   /** Resolves once the handshake is complete; rejects with a tagged error carrying the HTTP `status`. */

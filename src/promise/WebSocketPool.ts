@@ -9,7 +9,7 @@ import type WebSocket from "ws"
 import type { WebSocketPoolOptions } from "../options.js"
 import type * as Core from "../WebSocketPool.js"
 import { make } from "../WebSocketPool.js"
-import { runPromise, runSync } from "./runtime.js"
+import { buildInScope, runPromise, runSync } from "./runtime.js"
 
 /**
  * Emits `'backend-healthy'` and `'backend-unhealthy'` with a `{ type, backend, at }` event.
@@ -25,9 +25,9 @@ export class WebSocketPool extends EventEmitter {
   /** Throws `InvalidOptions` (naming the field) when an option is invalid. */
   constructor(options: WebSocketPoolOptions) {
     super()
-    const scope = runSync(Scope.make())
+    const { scope, service } = buildInScope(make(options))
     this.#scope = scope
-    this.service = runSync(Effect.tapError(Scope.extend(make(options), scope), () => Scope.close(scope, Exit.void)))
+    this.service = service
     const emitChanges = Stream.runForEach(this.service.healthChanges, (event) => Effect.sync(() => this.emit(event.type, event)))
     runSync(Effect.forkIn(emitChanges, scope))
   }

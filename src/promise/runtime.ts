@@ -2,7 +2,7 @@
  * How the facade runs Effects: failures reject (or throw) with the error instance itself, not a
  * wrapper, so `err._tag` and `instanceof` work in plain JavaScript.
  */
-import { Cause, Effect, Exit } from "effect"
+import { Cause, Effect, Exit, Scope } from "effect"
 
 export const runPromise = <A, E>(effect: Effect.Effect<A, E>): Promise<A> =>
   Effect.runPromiseExit(effect).then((exit) =>
@@ -13,4 +13,14 @@ export const runSync = <A, E>(effect: Effect.Effect<A, E>): A => {
   const exit = Effect.runSyncExit(effect)
   if (Exit.isSuccess(exit)) return exit.value
   throw Cause.squash(exit.cause)
+}
+
+/**
+ * A facade's service, built in a scope of its own that the facade closes when it is closed.
+ * Construction is synchronous, so a bad option throws from the constructor.
+ */
+export const buildInScope = <A, E>(make: Effect.Effect<A, E, Scope.Scope>) => {
+  const scope = runSync(Scope.make())
+  const service = runSync(Effect.tapError(Scope.extend(make, scope), () => Scope.close(scope, Exit.void)))
+  return { scope, service }
 }
