@@ -36,7 +36,8 @@ const step = (connection: ConnectionImpl, timeoutMillis: number): Effect.Effect<
       }
       return Effect.void
     }
-    const answered = connection.socket.lastSeen >= connection.pingSentAt
+    // A socket paused for backpressure cannot read its pong; its peer is not the one lagging.
+    const answered = connection.socket.isPaused || connection.socket.lastSeen >= connection.pingSentAt
     connection.pingSentAt = 0
     return answered
       ? Effect.void

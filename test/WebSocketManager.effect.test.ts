@@ -5,7 +5,7 @@ import { describe, expect, it } from "@effect/vitest"
 import { Config, ConfigProvider, Context, Effect, Layer, Option, Stream } from "effect"
 import { Connection, NodeServer, WebSocketManager } from "effect-websocket-manager"
 import type WebSocket from "ws"
-import { closeOf, nextMessage, nextMessages, openClient, refusedStatus } from "./utils/index.js"
+import { closeOf, eventually, nextMessage, nextMessages, openClient, refusedStatus } from "./utils/index.js"
 
 /** Serves a fetch-style handler built from the manager in context; yields the ws:// URL. */
 const serveWith = (handle: (manager: WebSocketManager.WebSocketManager, request: Request) => Effect.Effect<Response>) =>
@@ -47,6 +47,32 @@ describe("WebSocketManager (Effect API)", () => {
       ws.send("bye")
       expect((yield* Effect.promise(() => closed)).code).toBe(1000)
     }).pipe(Effect.provide(WebSocketManager.layer())))
+
+  it.live("pushes back on a client that sends faster than the handler reads, losing nothing", () =>
+    Effect.scoped(Effect.gen(function*() {
+      let pausedSeen = false
+      const received: Array<number> = []
+      const url = yield* serveWith((manager, request) =>
+        manager.accept(request, {
+          handler: (connection) =>
+            connection.messages.pipe(
+              Stream.runForEach((message) =>
+                Effect.suspend(() => {
+                  pausedSeen ||= connection.socket.isPaused
+                  received.push(Number(message))
+                  // A slow consumer: it yields to the timer queue every 50 messages.
+                  return received.length % 50 === 0 ? Effect.sleep("1 millis") : Effect.void
+                })
+              )
+            )
+        }).pipe(Effect.map(({ response }) => response), Effect.orDie)
+      )
+      const ws = yield* client(url)
+      for (let i = 0; i < 5_000; i++) ws.send(String(i))
+      yield* Effect.promise(() => eventually(() => received.length === 5_000, 15_000, "every message"))
+      expect(pausedSeen).toBe(true)
+      expect(received).toEqual(Array.from({ length: 5_000 }, (_, i) => i))
+    }).pipe(Effect.provide(WebSocketManager.layer()))))
 
   it.scoped("closes only the connection whose handler fails, with 1011", () =>
     Effect.gen(function*() {

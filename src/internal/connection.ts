@@ -4,7 +4,7 @@
  * the end of the connection and a throwing user listener reach the actor, so users' listeners
  * get `ws`'s events first-hand and a connection costs no closures.
  */
-import { Effect, Either, Exit, Fiber, FiberId, Option, Scope, Stream } from "effect"
+import { Effect, Either, Exit, Fiber, FiberId, Mailbox, Option, Scope, Stream } from "effect"
 import WebSocket from "ws"
 import type { CloseInfo, Connection, ConnectionContext, Message } from "../Connection.js"
 import { HandlerFailed, SocketNotOpen } from "../errors.js"
@@ -143,26 +143,49 @@ export class ConnectionImpl implements Connection {
     })
   }
 
-  /** Built only when consumed; messages are handed over in chunks by the stream's buffer. */
+  /**
+   * Built only when consumed; messages are handed over in chunks. The buffer is bounded by
+   * backpressure, not by dropping: past `INBOUND_HIGH_WATER` waiting messages the socket stops
+   * reading (TCP pushes back on the sender), and it reads again once the consumer has caught up.
+   */
   get messages(): Stream.Stream<Message> {
-    return Stream.asyncPush<Message>((emit) =>
-      Effect.acquireRelease(
-        Effect.sync(() => {
-          const onMessage = (data: Buffer, isBinary: boolean) => emit.single(isBinary ? data : data.toString())
-          const onClose = () => emit.end()
-          if (this.closeInfo !== undefined) emit.end()
-          this.socket.on("message", onMessage)
-          this.socket.once("close", onClose)
-          return { onMessage, onClose }
-        }),
-        ({ onClose, onMessage }) =>
+    const socket = this.socket
+    return Stream.unwrapScoped(
+      Effect.gen(function*() {
+        const mailbox = yield* Mailbox.make<Message>()
+        const backlog = () => Option.getOrElse(mailbox.unsafeSize(), () => 0)
+        const onMessage = (data: Buffer, isBinary: boolean) => {
+          mailbox.unsafeOffer(isBinary ? data : data.toString())
+          if (backlog() >= INBOUND_HIGH_WATER && !socket.isPaused) socket.pause()
+        }
+        const onClose = () => mailbox.unsafeDone(Exit.void)
+        yield* Effect.acquireRelease(
           Effect.sync(() => {
-            this.socket.off("message", onMessage)
-            this.socket.off("close", onClose)
+            if (socket.readyState >= WebSocket.CLOSING) onClose()
+            socket.on("message", onMessage)
+            socket.once("close", onClose)
+          }),
+          () =>
+            Effect.sync(() => {
+              socket.off("message", onMessage)
+              socket.off("close", onClose)
+              if (socket.isPaused) socket.resume()
+            })
+        )
+        return Mailbox.toStream(mailbox).pipe(
+          Stream.mapChunks((chunk) => {
+            if (socket.isPaused && backlog() <= INBOUND_LOW_WATER) socket.resume()
+            return chunk
           })
-      ), { bufferSize: "unbounded" })
+        )
+      })
+    )
   }
 }
+
+/** Inbound messages a `messages` consumer may fall behind by before the socket stops reading. */
+export const INBOUND_HIGH_WATER = 1024
+const INBOUND_LOW_WATER = INBOUND_HIGH_WATER / 4
 
 /** The connection a socket belongs to, if the socket was accepted by a WebSocketManager. */
 export const fromSocket = (socket: unknown): Option.Option<ConnectionImpl> =>
