@@ -2,7 +2,7 @@ import * as HttpRouter from "@effect/platform/HttpRouter"
 import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
 import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
 import { describe, expect, it } from "@effect/vitest"
-import { Config, ConfigProvider, Context, Effect, Layer, Option, Stream } from "effect"
+import { Config, ConfigProvider, Context, Deferred, Effect, Layer, Option, Stream } from "effect"
 import { Connection, NodeServer, WebSocketManager } from "effect-websocket-manager"
 import type WebSocket from "ws"
 import { closeOf, eventually, nextMessage, nextMessages, openClient, refusedStatus } from "./utils/index.js"
@@ -50,7 +50,8 @@ describe("WebSocketManager (Effect API)", () => {
 
   it.live("pushes back on a client that sends faster than the handler reads, losing nothing", () =>
     Effect.scoped(Effect.gen(function*() {
-      let pausedSeen = false
+      const gate = yield* Deferred.make<void>()
+      let serverSocket: WebSocket | undefined
       const received: Array<number> = []
       const url = yield* serveWith((manager, request) =>
         manager.accept(request, {
@@ -58,19 +59,26 @@ describe("WebSocketManager (Effect API)", () => {
             connection.messages.pipe(
               Stream.runForEach((message) =>
                 Effect.suspend(() => {
-                  pausedSeen ||= connection.socket.isPaused
                   received.push(Number(message))
-                  // A slow consumer: it yields to the timer queue every 50 messages.
-                  return received.length % 50 === 0 ? Effect.sleep("1 millis") : Effect.void
+                  // A consumer stuck on its first message until the test has seen the pushback.
+                  return received.length === 1 ? Deferred.await(gate) : Effect.void
                 })
               )
             )
-        }).pipe(Effect.map(({ response }) => response), Effect.orDie)
+        }).pipe(
+          Effect.map((accepted) => {
+            serverSocket = accepted.socket
+            return accepted.response
+          }),
+          Effect.orDie
+        )
       )
       const ws = yield* client(url)
       for (let i = 0; i < 5_000; i++) ws.send(String(i))
+      yield* Effect.promise(() => eventually(() => serverSocket?.isPaused === true, 5_000, "the socket to pause"))
+      yield* Deferred.succeed(gate, undefined)
       yield* Effect.promise(() => eventually(() => received.length === 5_000, 15_000, "every message"))
-      expect(pausedSeen).toBe(true)
+      expect(serverSocket!.isPaused).toBe(false)
       expect(received).toEqual(Array.from({ length: 5_000 }, (_, i) => i))
     }).pipe(Effect.provide(WebSocketManager.layer()))))
 
