@@ -229,6 +229,7 @@ export const make = (
         const context = contextOf(request, raw, socket, protocol, identity.userId, identity.user)
         const connection = new ConnectionImpl(socket, context, reservation, unregister)
         registry.add(connection)
+        if (handler !== undefined) yield* connection.bufferMessages()
         connection.fiber = runFork(lifecycle(connection, handler))
         const accepted: Accepted = {
           socket,

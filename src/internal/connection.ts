@@ -55,6 +55,8 @@ export class ConnectionImpl implements Connection {
   closeInfo: CloseInfo | undefined = undefined
 
   private ownScope: Scope.CloseableScope | undefined = undefined
+  /** Inbound messages gathered for a consumer still to come; see `bufferMessages`. */
+  private inbox: Inbox | undefined = undefined
   private finished = false
 
   constructor(
@@ -144,37 +146,30 @@ export class ConnectionImpl implements Connection {
   }
 
   /**
-   * Built only when consumed; messages are handed over in chunks. The buffer is bounded by
-   * backpressure, not by dropping: past `INBOUND_HIGH_WATER` waiting messages the socket stops
-   * reading (TCP pushes back on the sender), and it reads again once the consumer has caught up.
+   * Starts buffering inbound messages now, for a consumer that comes later: a handler's fiber
+   * starts after `accept` returns, and what arrives meanwhile must not be lost.
+   */
+  bufferMessages(): Effect.Effect<void> {
+    return Effect.map(openInbox(this.socket), (inbox) => {
+      this.inbox = inbox
+    })
+  }
+
+  /**
+   * Built only when consumed (the first consumer takes over what `bufferMessages` gathered);
+   * messages are handed over in chunks. The buffer is bounded by backpressure, not by dropping:
+   * past `INBOUND_HIGH_WATER` waiting messages the socket stops reading (TCP pushes back on the
+   * sender), and it reads again once the consumer has caught up.
    */
   get messages(): Stream.Stream<Message> {
-    const socket = this.socket
     return Stream.unwrapScoped(
-      Effect.gen(function*() {
-        const mailbox = yield* Mailbox.make<Message>()
-        const backlog = () => Option.getOrElse(mailbox.unsafeSize(), () => 0)
-        const onMessage = (data: Buffer, isBinary: boolean) => {
-          mailbox.unsafeOffer(isBinary ? data : data.toString())
-          if (backlog() >= INBOUND_HIGH_WATER && !socket.isPaused) socket.pause()
-        }
-        const onClose = () => mailbox.unsafeDone(Exit.void)
-        yield* Effect.acquireRelease(
-          Effect.sync(() => {
-            if (socket.readyState >= WebSocket.CLOSING) onClose()
-            socket.on("message", onMessage)
-            socket.once("close", onClose)
-          }),
-          () =>
-            Effect.sync(() => {
-              socket.off("message", onMessage)
-              socket.off("close", onClose)
-              if (socket.isPaused) socket.resume()
-            })
-        )
-        return Mailbox.toStream(mailbox).pipe(
+      Effect.gen(this, function*() {
+        const inbox = this.inbox ?? (yield* openInbox(this.socket))
+        this.inbox = undefined
+        yield* Effect.addFinalizer(() => Effect.sync(inbox.detach))
+        return Mailbox.toStream(inbox.mailbox).pipe(
           Stream.mapChunks((chunk) => {
-            if (socket.isPaused && backlog() <= INBOUND_LOW_WATER) socket.resume()
+            inbox.drained()
             return chunk
           })
         )
@@ -182,6 +177,37 @@ export class ConnectionImpl implements Connection {
     )
   }
 }
+
+interface Inbox {
+  readonly mailbox: Mailbox.Mailbox<Message>
+  /** The consumer took what was waiting: read again if the socket was paused. */
+  readonly drained: () => void
+  readonly detach: () => void
+}
+
+const openInbox = (socket: ManagedWebSocket): Effect.Effect<Inbox> =>
+  Effect.map(Mailbox.make<Message>(), (mailbox) => {
+    const backlog = () => Option.getOrElse(mailbox.unsafeSize(), () => 0)
+    const onMessage = (data: Buffer, isBinary: boolean) => {
+      mailbox.unsafeOffer(isBinary ? data : data.toString())
+      if (backlog() >= INBOUND_HIGH_WATER && !socket.isPaused) socket.pause()
+    }
+    const onClose = () => mailbox.unsafeDone(Exit.void)
+    if (socket.readyState >= WebSocket.CLOSING) onClose()
+    socket.on("message", onMessage)
+    socket.once("close", onClose)
+    return {
+      mailbox,
+      drained: () => {
+        if (socket.isPaused && backlog() <= INBOUND_LOW_WATER) socket.resume()
+      },
+      detach: () => {
+        socket.off("message", onMessage)
+        socket.off("close", onClose)
+        if (socket.isPaused) socket.resume()
+      }
+    }
+  })
 
 /** Inbound messages a `messages` consumer may fall behind by before the socket stops reading. */
 export const INBOUND_HIGH_WATER = 1024
