@@ -46,6 +46,37 @@ const expected = {
   isError: true
 }
 
+// The documented Broadcaster and WebSocketPool examples, against a manager served by the same package.
+const channelsAndPool = `
+  const manager = new WebSocketManager();
+  const broadcaster = new Broadcaster();
+  const server = await serve({ port: 0, fetch: async (request) => {
+    const { socket, response } = await manager.accept(request);
+    broadcaster.subscribe(socket, "chat");
+    return response;
+  } });
+  const channel = broadcaster.createChannel("chat");
+  const pool = new WebSocketPool({ url: server.url.replace("http", "ws"), maxConnections: 2, acquireTimeout: 2000 });
+  const connection = await pool.acquire();
+  const got = new Promise((resolve) => connection.once("message", (data) => resolve(data.toString())));
+  while (channel.subscriberCount < 1) await new Promise((resolve) => setTimeout(resolve, 10));
+  const reached = await broadcaster.broadcast("chat", { type: "message", text: "Hello!" });
+  const counts = [pool.getActiveCount(), pool.getIdleCount()];
+  pool.release(connection);
+  const health = pool.getHealthStatus();
+  console.log(JSON.stringify({ reached, message: await got, counts, after: [pool.getActiveCount(), pool.getIdleCount()],
+    healthy: health.default.healthy }));
+  await pool.close(); await broadcaster.close(); await manager.close(); await server.close();
+`
+
+const channelsAndPoolExpected = {
+  reached: 1,
+  message: JSON.stringify({ type: "message", text: "Hello!" }),
+  counts: [1, 0],
+  after: [0, 1],
+  healthy: true
+}
+
 // `npm test` builds dist/ first.
 describe("the built package", () => {
     it("works with import", async () => {
@@ -60,6 +91,15 @@ describe("the built package", () => {
         const WebSocket = require("ws"); (async () => { ${scenario} })()`
       const { stdout } = await run(process.execPath, ["-e", source], { cwd: root })
       expect(JSON.parse(stdout)).toEqual(expected)
+    })
+
+    it("runs the documented Broadcaster and WebSocketPool examples, with import and require", async () => {
+      const esm = await run(process.execPath, ["--input-type=module", "-e",
+        `import { Broadcaster, WebSocketManager, WebSocketPool, serve } from "effect-websocket-manager/promise"; ${channelsAndPool}`], { cwd: root })
+      expect(JSON.parse(esm.stdout)).toEqual(channelsAndPoolExpected)
+      const cjs = await run(process.execPath, ["-e",
+        `const { Broadcaster, WebSocketManager, WebSocketPool, serve } = require("effect-websocket-manager/promise"); (async () => { ${channelsAndPool} })()`], { cwd: root })
+      expect(JSON.parse(cjs.stdout)).toEqual(channelsAndPoolExpected)
     })
 
     it("exposes the Effect API from the main entry in both formats", async () => {
