@@ -60,5 +60,7 @@ describe("chat example in a browser", () => {
     await bob.close()
     await ann.waitForFunction(() => document.getElementById("log")!.textContent!.includes("bob left (1 online)"))
     expect(await ann.textContent("#status")).toBe("connected as ann")
+    // Once joined, the join form is gone.
+    expect(await ann.isVisible("#join")).toBe(false)
   })
 })

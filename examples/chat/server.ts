@@ -4,7 +4,7 @@
  * PORT and HOST may be set in the environment (PORT=0 picks a free port).
  */
 import { readFileSync } from "node:fs"
-import { serve, WebSocketManager } from "effect-websocket-manager/promise"
+import { Broadcaster, serve, WebSocketManager } from "effect-websocket-manager/promise"
 
 const page = readFileSync(new URL("./index.html", import.meta.url))
 const MAX_TEXT = 500
@@ -22,6 +22,10 @@ const manager = new WebSocketManager({
     }
   }
 })
+
+// One channel everyone joins; a slow reader misses messages rather than slowing the room down.
+const broadcaster = new Broadcaster({ policy: "drop-newest" })
+const lobby = broadcaster.createChannel("lobby")
 
 const server = await serve({
   port: Number(process.env.PORT ?? 3000),
@@ -45,12 +49,14 @@ const server = await serve({
       if (typeof text !== "string" || text.trim() === "" || text.length > MAX_TEXT) {
         return socket.send(JSON.stringify({ type: "error", message: `text must be 1-${MAX_TEXT} characters` }))
       }
-      void manager.broadcast({ type: "message", from: name, text, at: Date.now() })
+      void lobby.broadcast({ type: "message", from: name, text, at: Date.now() })
     })
+    // The subscription ends with the connection; no unsubscribe needed.
+    broadcaster.subscribe(socket, "lobby")
     socket.addEventListener("close", () => {
-      void manager.broadcast({ type: "left", name, online: online() })
+      void lobby.broadcast({ type: "left", name, online: online() })
     })
-    void manager.broadcast({ type: "joined", name, online: online() })
+    void lobby.broadcast({ type: "joined", name, online: online() })
     return response
   }
 })
@@ -59,6 +65,7 @@ console.log(`chat on ${server.url}`)
 
 const shutdown = async () => {
   await manager.close(1001, "Server shutdown")
+  await broadcaster.close()
   await server.close()
   process.exit(0)
 }
