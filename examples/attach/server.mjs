@@ -12,4 +12,5 @@ await attach(server, async (request) => {
   return response
 })
 
-server.listen(Number(process.env.PORT ?? 3002), "127.0.0.1", () => console.log("listening on", server.address()))
+server.listen(Number(process.env.PORT ?? 3002), "127.0.0.1", () =>
+  console.log(`listening on http://127.0.0.1:${server.address().port}`))
