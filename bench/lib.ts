@@ -20,21 +20,26 @@ export const spawnWorker = (file: string, args: Array<string> = [], execArgv: Ar
 /** The next IPC message of that type from the child, failing after `millis`. */
 export const nextReply = <A = any>(child: ChildProcess, type: string, millis = 120_000): Promise<A> =>
   new Promise((resolve, reject) => {
-    const timer = setTimeout(() => {
+    const done = () => {
+      clearTimeout(timer)
       child.off("message", onMessage)
+      child.off("exit", onExit)
+    }
+    const timer = setTimeout(() => {
+      done()
       reject(new Error(`no "${type}" from worker within ${millis} ms`))
     }, millis)
     const onMessage = (message: any) => {
       if (message?.type !== type) return
-      clearTimeout(timer)
-      child.off("message", onMessage)
+      done()
       resolve(message)
     }
-    child.on("message", onMessage)
-    child.once("exit", (code) => {
-      clearTimeout(timer)
+    const onExit = (code: number | null) => {
+      done()
       reject(new Error(`worker exited (${code}) before "${type}"`))
-    })
+    }
+    child.on("message", onMessage)
+    child.once("exit", onExit)
   })
 
 export const request = <A = any>(child: ChildProcess, message: { type: string; [key: string]: unknown }, reply: string, millis?: number) => {
