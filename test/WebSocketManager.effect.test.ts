@@ -59,7 +59,7 @@ describe("WebSocketManager (Effect API)", () => {
             connection.messages.pipe(
               Stream.runForEach((message) =>
                 Effect.suspend(() => {
-                  received.push(Number(message))
+                  received.push(Number.parseInt(message.toString(), 10))
                   // A consumer stuck on its first message until the test has seen the pushback.
                   return received.length === 1 ? Deferred.await(gate) : Effect.void
                 })
@@ -74,7 +74,8 @@ describe("WebSocketManager (Effect API)", () => {
         )
       )
       const ws = yield* client(url)
-      for (let i = 0; i < 5_000; i++) ws.send(String(i))
+      // 1 KB messages: 5 MB cannot arrive in one read, so the socket must stay paused while the consumer is stuck.
+      for (let i = 0; i < 5_000; i++) ws.send(`${i}:`.padEnd(1_000, "."))
       yield* Effect.promise(() => eventually(() => serverSocket?.isPaused === true, 5_000, "the socket to pause"))
       yield* Deferred.succeed(gate, undefined)
       yield* Effect.promise(() => eventually(() => received.length === 5_000, 15_000, "every message"))
