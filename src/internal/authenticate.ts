@@ -10,12 +10,15 @@ import * as Jose from "jose"
 import { AuthenticationFailed } from "../errors.js"
 import type { AuthenticationConfig } from "../options.js"
 
-export interface Identity {
+interface Identity {
   readonly userId: string | undefined
   readonly user: unknown
 }
 
-export const TOKEN_PROTOCOL_PREFIX = "bearer."
+const TOKEN_PROTOCOL_PREFIX = "bearer."
+
+/** A `Sec-WebSocket-Protocol` entry that carries a credential rather than naming a protocol. */
+export const isCredential = (protocol: string) => protocol.startsWith(TOKEN_PROTOCOL_PREFIX)
 
 const anonymous: Identity = { userId: undefined, user: undefined }
 
@@ -24,7 +27,7 @@ const tokenFromRequest = (request: Request, header: string | undefined, offeredP
   if (fromHeader) return header === "authorization" ? fromHeader.replace(/^Bearer\s+/i, "") : fromHeader
   const fromQuery = new URL(request.url).searchParams.get("token")
   if (fromQuery) return fromQuery
-  const fromProtocol = offeredProtocols.find((protocol) => protocol.startsWith(TOKEN_PROTOCOL_PREFIX))
+  const fromProtocol = offeredProtocols.find(isCredential)
   return fromProtocol?.slice(TOKEN_PROTOCOL_PREFIX.length)
 }
 

@@ -17,7 +17,7 @@ export const TypeId: unique symbol = Symbol.for("effect-websocket-manager/Connec
 export type TypeId = typeof TypeId
 
 /** WebSocket close code for an unexpected condition on the server (RFC 6455 §7.4.1). */
-export const CLOSE_INTERNAL_ERROR = 1011
+const CLOSE_INTERNAL_ERROR = 1011
 
 /**
  * `ws`'s server socket, with the connection it belongs to. `ws` constructs it through the
@@ -210,7 +210,7 @@ const openInbox = (socket: ManagedWebSocket): Effect.Effect<Inbox> =>
   })
 
 /** Inbound messages a `messages` consumer may fall behind by before the socket stops reading. */
-export const INBOUND_HIGH_WATER = 1024
+const INBOUND_HIGH_WATER = 1024
 const INBOUND_LOW_WATER = INBOUND_HIGH_WATER / 4
 
 /** The connection a socket belongs to, if the socket was accepted by a WebSocketManager. */

@@ -6,7 +6,7 @@ import type { IncomingMessage } from "node:http"
 import { WebSocketServer } from "ws"
 import { HandshakeFailed, OriginNotAllowed, UpgradeRequired } from "../errors.js"
 import type { WebSocketManagerConfig } from "../options.js"
-import { TOKEN_PROTOCOL_PREFIX } from "./authenticate.js"
+import { isCredential } from "./authenticate.js"
 import { ManagedWebSocket } from "./connection.js"
 import type { RawUpgrade } from "./upgrade.js"
 
@@ -33,8 +33,6 @@ export const offeredProtocols = (request: Request): Array<string> =>
     .split(",")
     .map((protocol) => protocol.trim())
     .filter((protocol) => protocol.length > 0)
-
-export const isCredential = (protocol: string) => protocol.startsWith(TOKEN_PROTOCOL_PREFIX)
 
 /**
  * The first offered protocol the server supports, or the one `accept` insists on; `''` when the

@@ -5,7 +5,7 @@ import type { PoolBackend } from "./poolBackend.js"
 
 export type Strategy = "round-robin" | "least-connections" | "weighted-round-robin" | "random"
 
-export type Picker = (available: ReadonlyArray<PoolBackend>) => PoolBackend
+type Picker = (available: ReadonlyArray<PoolBackend>) => PoolBackend
 
 export const makePicker = (strategy: Strategy): Picker => {
   switch (strategy) {
