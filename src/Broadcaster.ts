@@ -173,8 +173,11 @@ const channelMetrics = (name: string): ChannelMetrics => ({
 /** Enough to coalesce a burst into one write per socket without holding a socket's writes back. */
 const MAX_BATCH = 256
 
+/** The socket of a subscriber given as a socket or as its Connection. */
+const socketOf = (subscriber: Subscriber): WebSocket => (subscriber as Connection).socket ?? (subscriber as WebSocket)
+
 const connectionOf = (subscriber: Subscriber): Either.Either<ConnectionImpl, NotAManagedSocket> => {
-  const connection = fromSocket((subscriber as Connection).socket ?? subscriber)
+  const connection = fromSocket(socketOf(subscriber))
   return connection._tag === "Some"
     ? Either.right(connection.value)
     : Either.left(new NotAManagedSocket({ reason: "the socket was not accepted by a WebSocketManager" }))
@@ -266,9 +269,7 @@ export const make = (options?: BroadcasterOptions): Effect.Effect<Broadcaster, I
         if (Either.isLeft(encoded)) return Effect.fail(encoded.left)
         const actor = channels.get(name)
         if (actor === undefined) return Effect.succeed(0)
-        const exclude = options?.exclude === undefined
-          ? undefined
-          : (options.exclude as Connection).socket ?? options.exclude
+        const exclude = options?.exclude === undefined ? undefined : socketOf(options.exclude)
         const done = Deferred.unsafeMake<number>(FiberId.none)
         return Effect.zipRight(
           PubSub.publish(actor.pubsub, { message, encoded: encoded.right, exclude, filter: options?.filter, done }),

@@ -312,11 +312,11 @@ export const make = (
       userConnections: (userId) => Effect.sync(() => registry.ofUser(userId)),
       broadcast,
       close,
-      stats: Effect.sync(() => ({
+      stats: Effect.map(FiberSet.size(fibers), (size) => ({
         connections: registry.size,
         pending: registry.pending,
-        fibers: 0
-      })).pipe(Effect.zipWith(FiberSet.size(fibers), (stats, size) => ({ ...stats, fibers: size })))
+        fibers: size
+      }))
     }
     return manager
   })

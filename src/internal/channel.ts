@@ -20,7 +20,8 @@ const CLOSE_POLICY_VIOLATION = 1008
 export interface Envelope {
   readonly message: unknown
   readonly encoded: Encoded
-  readonly exclude: unknown
+  /** The socket that does not get this message. */
+  readonly exclude: WebSocket | undefined
   readonly filter: ((socket: WebSocket) => boolean) | undefined
   /** Completed with the number of sockets written to, once the channel fiber has delivered. */
   readonly done: Deferred.Deferred<number> | undefined
@@ -147,7 +148,7 @@ export class ChannelActor {
     try {
       const kept = new Set<ConnectionImpl>()
       for (const connection of this.subscribers) {
-        if (connection === envelope.exclude || connection.socket === envelope.exclude) continue
+        if (connection.socket === envelope.exclude) continue
         if (envelope.filter === undefined || envelope.filter(connection.socket)) kept.add(connection)
       }
       return kept
