@@ -7,6 +7,11 @@
  * A subscription lives in its connection's scope: a connection that ends leaves every channel
  * without anyone calling `unsubscribe`.
  *
+ * Every accepted broadcast settles: delivered to the channel's subscribers of the moment (a
+ * channel is never removed with a message on its way), or failed. Closing the Broadcaster (its
+ * scope, or `close`) delivers what was already accepted, ends every channel and its streams,
+ * and later calls that would publish, subscribe or create a channel fail with `BroadcasterClosed`.
+ *
  * @since 0.1.0
  */
 import type { Scope } from "effect"
@@ -16,6 +21,7 @@ import {
   Effect,
   Either,
   Exit,
+  Fiber,
   FiberId,
   FiberSet,
   Layer,
@@ -27,7 +33,7 @@ import {
 import type WebSocket from "ws"
 import type { Connection } from "./Connection.js"
 import type { InvalidOptions, MessageEncodeError } from "./errors.js"
-import { NotAManagedSocket } from "./errors.js"
+import { BroadcasterClosed, NotAManagedSocket } from "./errors.js"
 import type { ChannelMetrics, Envelope } from "./internal/channel.js"
 import { ChannelActor } from "./internal/channel.js"
 import type { ConnectionImpl } from "./internal/connection.js"
@@ -78,9 +84,12 @@ export interface BroadcastOptions {
 export interface Channel {
   readonly name: string
   readonly subscriberCount: number
-  readonly broadcast: (message: unknown, options?: BroadcastOptions) => Effect.Effect<number, MessageEncodeError>
-  /** Every message published to the channel, for server-side consumers. */
-  readonly messages: Stream.Stream<unknown>
+  readonly broadcast: (
+    message: unknown,
+    options?: BroadcastOptions
+  ) => Effect.Effect<number, MessageEncodeError | BroadcasterClosed>
+  /** Every message published to the channel, for server-side consumers; it ends when the Broadcaster closes. */
+  readonly messages: Stream.Stream<unknown, BroadcasterClosed>
 }
 
 /**
@@ -118,9 +127,12 @@ export interface Stats {
 export interface Broadcaster {
   readonly [TypeId]: TypeId
   /** The channel of that name, created if it does not exist. */
-  readonly createChannel: (name: string) => Effect.Effect<Channel>
+  readonly createChannel: (name: string) => Effect.Effect<Channel, BroadcasterClosed>
   /** Subscribing to a channel that does not exist creates it; subscribing twice is a no-op. */
-  readonly subscribe: (subscriber: Subscriber, channel: string) => Effect.Effect<void, NotAManagedSocket>
+  readonly subscribe: (
+    subscriber: Subscriber,
+    channel: string
+  ) => Effect.Effect<void, NotAManagedSocket | BroadcasterClosed>
   /**
    * False (a no-op) when the channel does not exist or the socket is not subscribed. A channel
    * whose last subscriber leaves, with no stream consumer and nothing in flight, is removed.
@@ -131,10 +143,16 @@ export interface Broadcaster {
     channel: string,
     message: unknown,
     options?: BroadcastOptions
-  ) => Effect.Effect<number, MessageEncodeError>
+  ) => Effect.Effect<number, MessageEncodeError | BroadcasterClosed>
   /** The channels a socket is subscribed to. */
   readonly channelsOf: (subscriber: Subscriber) => Effect.Effect<ReadonlyArray<string>, NotAManagedSocket>
   readonly stats: Effect.Effect<Stats>
+  /**
+   * Delivers what was already published, shuts every channel (its fiber, PubSub and streams)
+   * and refuses what comes later with `BroadcasterClosed`. Closing the Broadcaster's scope does
+   * the same; a second close does nothing.
+   */
+  readonly close: Effect.Effect<void>
 }
 
 /**
@@ -194,9 +212,28 @@ export const make = (options?: BroadcasterOptions): Effect.Effect<Broadcaster, I
     const runFork = yield* FiberSet.runtime(fibers)<never>()
     const channels = new Map<string, ChannelActor>()
     const memberships = new Map<ConnectionImpl, Set<ChannelActor>>()
+    let closed = false
+
+    // Stops the fiber first, so that what it had taken and not delivered is delivered once, by `close`.
+    const shut = (actor: ChannelActor) =>
+      Effect.uninterruptible(Effect.gen(function*() {
+        if (actor.fiber !== undefined) yield* Fiber.interrupt(actor.fiber)
+        actor.close()
+        yield* ScopeModule.close(actor.scope, Exit.void)
+        yield* PubSub.shutdown(actor.pubsub)
+      }))
+
+    // The channel leaves the registry at once and is shut down in the background, so unsubscribing
+    // stays synchronous for the facade. An idle channel has nothing on its way: nothing is lost.
+    const removeIfIdle = (actor: ChannelActor): void => {
+      if (!actor.idle || channels.get(actor.name) !== actor) return
+      channels.delete(actor.name)
+      runFork(shut(actor))
+    }
 
     const open = (name: string) =>
       Effect.gen(function*() {
+        if (closed) return yield* new BroadcasterClosed()
         const existing = channels.get(name)
         if (existing !== undefined) return existing
         const pubsub = yield* PubSub.unbounded<Envelope>()
@@ -208,32 +245,22 @@ export const make = (options?: BroadcasterOptions): Effect.Effect<Broadcaster, I
           pubsub,
           mailbox,
           scope,
-          channelMetrics(name)
+          channelMetrics(name),
+          removeIfIdle
         )
         channels.set(name, actor)
         actor.fiber = runFork(actor.run(MAX_BATCH))
         return actor
       })
 
-    // The channel leaves the registry at once; its fiber and PubSub are shut down in the background,
-    // so unsubscribing stays synchronous for the facade.
-    const removeIfIdle = (actor: ChannelActor) =>
-      Effect.sync(() => {
-        if (!actor.idle || channels.get(actor.name) !== actor) return
-        channels.delete(actor.name)
-        actor.fiber?.unsafeInterruptAsFork(FiberId.none)
-        runFork(Effect.zipRight(ScopeModule.close(actor.scope, Exit.void), PubSub.shutdown(actor.pubsub)))
-      })
-
     const leaveAll = (connection: ConnectionImpl) =>
-      Effect.suspend(() => {
+      Effect.sync(() => {
         const joined = memberships.get(connection)
         memberships.delete(connection)
-        if (joined === undefined) return Effect.void
-        return Effect.forEach(joined, (actor) => {
+        for (const actor of joined ?? []) {
           actor.remove(connection)
-          return removeIfIdle(actor)
-        }, { discard: true })
+          removeIfIdle(actor)
+        }
       })
 
     const subscribe: Broadcaster["subscribe"] = (subscriber, name) =>
@@ -254,28 +281,37 @@ export const make = (options?: BroadcasterOptions): Effect.Effect<Broadcaster, I
       })
 
     const unsubscribe: Broadcaster["unsubscribe"] = (subscriber, name) =>
-      Effect.gen(function*() {
-        const connection = yield* connectionOf(subscriber)
+      Effect.map(connectionOf(subscriber), (connection) => {
         const actor = channels.get(name)
         if (actor === undefined || !actor.remove(connection)) return false
         memberships.get(connection)?.delete(actor)
-        yield* removeIfIdle(actor)
+        removeIfIdle(actor)
         return true
       })
 
     const broadcast: Broadcaster["broadcast"] = (name, message, options) =>
-      Effect.suspend(() => {
+      Effect.suspend((): Effect.Effect<number, MessageEncodeError | BroadcasterClosed> => {
+        if (closed) return Effect.fail(new BroadcasterClosed())
         const encoded = Encode.encode(message)
         if (Either.isLeft(encoded)) return Effect.fail(encoded.left)
         const actor = channels.get(name)
         if (actor === undefined) return Effect.succeed(0)
         const exclude = options?.exclude === undefined ? undefined : socketOf(options.exclude)
         const done = Deferred.unsafeMake<number>(FiberId.none)
-        return Effect.zipRight(
-          PubSub.publish(actor.pubsub, { message, encoded: encoded.right, exclude, filter: options?.filter, done }),
-          Deferred.await(done)
-        )
+        actor.publish({ message, encoded: encoded.right, exclude, filter: options?.filter, done })
+        return Deferred.await(done)
       })
+
+    const close = Effect.suspend(() => {
+      if (closed) return Effect.void
+      closed = true
+      const actors = Array.from(channels.values())
+      channels.clear()
+      memberships.clear()
+      return Effect.forEach(actors, shut, { discard: true })
+    })
+    // Added after the FiberSet, so it runs before the set interrupts the channel fibers.
+    yield* Effect.addFinalizer(() => close)
 
     const channel = (name: string): Channel => ({
       name,
@@ -287,10 +323,11 @@ export const make = (options?: BroadcasterOptions): Effect.Effect<Broadcaster, I
         Effect.gen(function*() {
           const actor = yield* Effect.acquireRelease(
             Effect.tap(open(name), (actor) => Effect.sync(() => actor.consumers++)),
-            (actor) => Effect.suspend(() => {
-              actor.consumers--
-              return removeIfIdle(actor)
-            })
+            (actor) =>
+              Effect.sync(() => {
+                actor.consumers--
+                removeIfIdle(actor)
+              })
           )
           const queue = yield* PubSub.subscribe(actor.pubsub)
           return Stream.map(Stream.fromQueue(queue), (envelope) => envelope.message)
@@ -305,9 +342,9 @@ export const make = (options?: BroadcasterOptions): Effect.Effect<Broadcaster, I
         subscriptions += actor.subscribers.size
         perChannel[name] = {
           subscribers: actor.subscribers.size,
-          delivered: actor.delivered,
-          dropped: actor.dropped,
-          backlogged: actor.backlogged
+          delivered: actor.fanOut.delivered,
+          dropped: actor.fanOut.dropped,
+          backlogged: actor.fanOut.backlogged
         }
       }
       let subscribers = 0
@@ -324,7 +361,8 @@ export const make = (options?: BroadcasterOptions): Effect.Effect<Broadcaster, I
       channelsOf: (subscriber) =>
         Effect.map(connectionOf(subscriber), (connection) =>
           Array.from(memberships.get(connection) ?? [], (actor) => actor.name)),
-      stats
+      stats,
+      close
     }
     return broadcaster
   })

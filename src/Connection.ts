@@ -5,9 +5,9 @@
  *
  * @since 0.1.0
  */
-import type { Effect, Option, Scope, Stream } from "effect"
+import type { Effect, Metric, Option, Scope, Stream } from "effect"
 import type WebSocket from "ws"
-import type { MessageEncodeError, SocketNotOpen } from "./errors.js"
+import type { HandlerFailed, HeartbeatTimeout, InvalidClose, MessageEncodeError, SocketNotOpen } from "./errors.js"
 import * as internal from "./internal/connection.js"
 
 /**
@@ -54,12 +54,44 @@ export interface ConnectionContext {
 export type Message = string | Buffer
 
 /**
+ * Why a connection ended:
+ * - `"normal"`: a close handshake, begun by either side (the code says which and why);
+ * - `"connection-lost"`: the socket closed without a close frame (1006), e.g. the peer vanished;
+ * - `"protocol-error"`: `ws` refused what the peer sent (an invalid frame 1002, invalid UTF-8
+ *   1007, a frame over `maxPayload` 1009);
+ * - `"handler-failed"`: the handler, or an event listener on the socket, threw or rejected (1011);
+ * - `"heartbeat-timeout"`: no pong or message within `heartbeatTimeout` after a ping (cut, 1006);
+ * - `"slow-consumer"`: a Broadcaster channel with the `'close'` policy closed it (1008);
+ * - `"server-shutdown"`: the manager was closed.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type ConnectionEnd =
+  | "normal"
+  | "connection-lost"
+  | "protocol-error"
+  | "handler-failed"
+  | "heartbeat-timeout"
+  | "slow-consumer"
+  | "server-shutdown"
+
+/**
+ * How a connection ended: the close code and reason of its 'close' event, and why.
+ *
  * @since 0.1.0
  * @category models
  */
 export interface CloseInfo {
   readonly code: number
   readonly reason: string
+  readonly end: ConnectionEnd
+  /**
+   * The error seen as the connection ended, if any: `HandlerFailed` (with the handler's or
+   * listener's error as `cause`), `HeartbeatTimeout`, or the `Error` `ws` reported for a
+   * protocol error.
+   */
+  readonly error: HandlerFailed | HeartbeatTimeout | Error | undefined
 }
 
 /**
@@ -79,9 +111,12 @@ export interface Connection {
   readonly messages: Stream.Stream<Message>
   /** Objects go as JSON text, strings as text, binary data as binary. */
   readonly send: (message: unknown) => Effect.Effect<void, MessageEncodeError | SocketNotOpen>
-  readonly close: (code?: number, reason?: string) => Effect.Effect<void>
-  /** Completes with the close code and reason once the connection has ended. */
+  /** Fails with `InvalidClose`, closing nothing, for a code or reason the protocol does not allow. */
+  readonly close: (code?: number, reason?: string) => Effect.Effect<void, InvalidClose>
+  /** Completes with the close code and reason, and why the connection ended, once it has ended. */
   readonly closed: Effect.Effect<CloseInfo>
+  /** The same, once the connection has ended (already inside its socket's 'close' listeners). */
+  readonly closeInfo: CloseInfo | undefined
 }
 
 /**
@@ -91,3 +126,11 @@ export interface Connection {
  * @category constructors
  */
 export const fromSocket: (socket: unknown) => Option.Option<Connection> = internal.fromSocket
+
+/**
+ * `websocket_connection_ends_total`: connections ended, tagged with `reason` (a `ConnectionEnd`).
+ *
+ * @since 0.1.0
+ * @category metrics
+ */
+export const endsTotal: Metric.Metric.Counter<number> = internal.endsTotal

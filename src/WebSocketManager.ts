@@ -20,6 +20,7 @@ import {
   Exit,
   FiberSet,
   Layer,
+  Metric,
   Option,
   Scope
 } from "effect"
@@ -27,13 +28,14 @@ import type { ConfigError } from "effect/ConfigError"
 import { randomUUID } from "node:crypto"
 import type WebSocket from "ws"
 import type { Connection, ConnectionContext } from "./Connection.js"
-import type { AcceptError, InvalidOptions } from "./errors.js"
-import { ConnectionTimeout, HandshakeFailed, HeartbeatTimeout, ManagerClosed } from "./errors.js"
+import type { AcceptError, InvalidClose, InvalidOptions } from "./errors.js"
+import { ConnectionTimeout, HandlerFailed, HandshakeFailed, HeartbeatTimeout, ManagerClosed } from "./errors.js"
 import type { MessageEncodeError } from "./errors.js"
 import * as Heartbeat from "./Heartbeat.js"
 import { authenticate } from "./internal/authenticate.js"
-import { ConnectionImpl } from "./internal/connection.js"
+import { checkClose, ConnectionImpl, endCounters } from "./internal/connection.js"
 import * as Encode from "./internal/encode.js"
+import { FanOut } from "./internal/fanout.js"
 import * as Handshake from "./internal/handshake.js"
 import type { Reservation } from "./internal/registry.js"
 import { ConnectionRegistry } from "./internal/registry.js"
@@ -118,13 +120,17 @@ export interface WebSocketManager {
   readonly activeConnections: Effect.Effect<number>
   readonly connections: Effect.Effect<ReadonlyArray<Connection>>
   readonly userConnections: (userId: string) => Effect.Effect<ReadonlyArray<Connection>>
-  /** Encodes once, frames once, writes to every open connection the filter keeps; the count reached. */
+  /**
+   * Encodes once, frames once, writes to every open connection the filter keeps; the count reached.
+   * A connection over the `broadcast` option's bound is handled by its policy (counted in `broadcastMetrics`).
+   */
   readonly broadcast: (message: unknown, filter?: BroadcastFilter) => Effect.Effect<number, MessageEncodeError>
   /**
    * Stops accepting, sends every connection a close frame after what is already queued for it,
-   * waits for the close handshakes up to `closeTimeout`, then cuts the rest.
+   * waits for the close handshakes up to `closeTimeout`, then cuts the rest. A code or reason the
+   * protocol does not allow fails with `InvalidClose` first, and nothing changes.
    */
-  readonly close: (code?: number, reason?: string) => Effect.Effect<void>
+  readonly close: (code?: number, reason?: string) => Effect.Effect<void, InvalidClose>
   readonly stats: Effect.Effect<Stats>
 }
 
@@ -135,6 +141,24 @@ export interface WebSocketManager {
 export const WebSocketManager: Context.Tag<WebSocketManager, WebSocketManager> = Context.GenericTag<WebSocketManager>(
   "effect-websocket-manager/WebSocketManager"
 )
+
+/**
+ * What `broadcast` wrote and what slow sockets did not get, by the `broadcast` option's policy:
+ * `websocket_broadcast_delivered_total` and `websocket_broadcast_dropped_total`.
+ *
+ * @since 0.1.0
+ * @category metrics
+ */
+export const broadcastMetrics = {
+  delivered: Metric.counter("websocket_broadcast_delivered_total", {
+    description: "messages broadcast written to sockets",
+    incremental: true
+  }),
+  dropped: Metric.counter("websocket_broadcast_dropped_total", {
+    description: "messages broadcast that slow sockets did not get",
+    incremental: true
+  })
+}
 
 const webRequestOf = (request: Request | HttpServerRequest.HttpServerRequest): Request | undefined => {
   if (request instanceof Request) return request
@@ -161,6 +185,16 @@ const contextOf = (
   connectedAt: new Date()
 })
 
+/** A handler's failure is the user's bug, worth a warning; the other ends are routine, kept for debugging. */
+const logEnd = (connection: ConnectionImpl): Effect.Effect<void> => {
+  const error = connection.failure
+  if (error === undefined) return Effect.void
+  const log = error instanceof HandlerFailed
+    ? Effect.logWarning(error.message, Cause.die(error.cause))
+    : Effect.logDebug(error.message)
+  return Effect.annotateLogs(log, { connectionId: connection.id, end: connection.end })
+}
+
 /**
  * @since 0.1.0
  * @category constructors
@@ -185,23 +219,23 @@ export const make = (
 
     const end = (connection: ConnectionImpl, exit: Exit.Exit<unknown, unknown>) =>
       Effect.suspend(() => {
-        // A peer that missed its heartbeat gets no close handshake it could not answer.
-        if (Exit.isFailure(exit) && Cause.failureOption(exit.cause).pipe(Option.exists((e) => e instanceof HeartbeatTimeout))) {
-          connection.terminate()
-        }
-        if (connection.isOpen && !closing) connection.closeSocket(1001, "Going away")
-        const logFailure = connection.failure === undefined
-          ? Effect.void
-          : Effect.logWarning(connection.failure.message, Cause.die(connection.failure.cause))
-        return Effect.zipRight(logFailure, connection.finish(exit))
+        const missed = Exit.isFailure(exit) ? Cause.failureOption(exit.cause) : Option.none()
+        if (Option.isSome(missed) && missed.value instanceof HeartbeatTimeout) connection.heartbeatTimeout(missed.value)
+        // Only an unexpected end of the fiber leaves the socket open; the manager is shutting it down.
+        if (connection.isOpen && !closing) connection.closeSocket(1001, "Going away", "server-shutdown")
+        return Effect.zipRight(
+          Effect.zipRight(logEnd(connection), Metric.increment(endCounters[connection.end])),
+          connection.finish(exit)
+        )
       })
 
     const runHandler = (connection: ConnectionImpl, handler: NonNullable<AcceptOptions["handler"]>) =>
-      handler(connection).pipe(
+      // Called inside the fiber: a handler that throws before returning an Effect fails like one that fails.
+      Effect.suspend(() => handler(connection)).pipe(
         Effect.matchCauseEffect({
           onFailure: (cause) =>
             Cause.isInterruptedOnly(cause) ? Effect.void : Effect.sync(() => connection.fail(Cause.squash(cause))),
-          onSuccess: () => connection.close(1000, "")
+          onSuccess: () => Effect.sync(() => connection.closeSocket(1000, ""))
         }),
         Effect.forkIn(connection.scope)
       )
@@ -213,6 +247,14 @@ export const make = (
       return Effect.onExit(body, (exit) => end(connection, exit))
     }
 
+    const connectionTimeout = Duration.millis(config.connectionTimeout)
+    const onConnectionTimeout = () => new ConnectionTimeout({ timeoutMillis: config.connectionTimeout })
+
+    /**
+     * Authentication, then the handshake, the registration and the fork of the connection's fiber
+     * as one step that cannot be half-done: only the authentication can be interrupted (or time
+     * out), so no exit leaves an open, registered socket without its fiber, or a slot not given back.
+     */
     const establish = (
       request: Request,
       raw: RawUpgrade,
@@ -221,28 +263,37 @@ export const make = (
       reservation: Reservation,
       handler: AcceptOptions["handler"]
     ) =>
-      Effect.gen(function*() {
-        const identity = yield* authenticate(config.authentication, request, offered)
-        if (identity.userId !== undefined) yield* registry.reserveUser(reservation, identity.userId)
-        if (closing) return yield* new ManagerClosed()
-        const socket = yield* Handshake.complete(server, raw, protocol, offered)
-        const context = contextOf(request, raw, socket, protocol, identity.userId, identity.user)
-        const connection = new ConnectionImpl(socket, context, reservation, unregister)
-        registry.add(connection)
-        if (handler !== undefined) yield* connection.bufferMessages()
-        connection.fiber = runFork(lifecycle(connection, handler))
-        const accepted: Accepted = {
-          socket,
-          response: new UpgradeResponse(),
-          context: connection.context,
-          connection
-        }
-        return accepted
-      })
+      Effect.uninterruptibleMask((restore) =>
+        Effect.gen(function*() {
+          const identity = yield* restore(
+            Effect.timeoutFail(authenticate(config.authentication, request, offered), {
+              duration: connectionTimeout,
+              onTimeout: onConnectionTimeout
+            })
+          )
+          if (identity.userId !== undefined) yield* registry.reserveUser(reservation, identity.userId)
+          if (closing) return yield* new ManagerClosed()
+          const socket = yield* Handshake.complete(server, raw, protocol, offered)
+          const context = contextOf(request, raw, socket, protocol, identity.userId, identity.user)
+          const connection = new ConnectionImpl(socket, context, reservation, unregister)
+          registry.add(connection)
+          if (handler !== undefined) yield* connection.bufferMessages()
+          connection.fiber = runFork(lifecycle(connection, handler))
+          const accepted: Accepted = {
+            socket,
+            response: new UpgradeResponse(),
+            context: connection.context,
+            connection
+          }
+          return accepted
+        }).pipe(Effect.onError(() => Effect.sync(() => registry.release(reservation))))
+      )
 
     const accept: WebSocketManager["accept"] = (input, acceptOptions) =>
       Effect.gen(function*() {
         if (closing) return yield* new ManagerClosed()
+        // Before the socket lookup: a request that is no upgrade is the client's mistake (426), not a 500.
+        yield* Handshake.checkUpgrade(input)
         const request = webRequestOf(input)
         if (request === undefined) {
           return yield* new HandshakeFailed({
@@ -250,7 +301,6 @@ export const make = (
             detail: "serve the app with NodeServer so its upgrades can be accepted"
           })
         }
-        yield* Handshake.checkUpgrade(request)
         const raw = rawUpgradeOf(request)
         if (raw === undefined) {
           return yield* new HandshakeFailed({
@@ -262,15 +312,11 @@ export const make = (
         const offered = Handshake.offeredProtocols(request)
         const protocol = yield* Handshake.negotiateProtocol(offered, config.protocols, acceptOptions?.protocol)
         const reservation = yield* registry.reserve(raw.request.socket.remoteAddress ?? "")
-        return yield* establish(request, raw, offered, protocol, reservation, acceptOptions?.handler).pipe(
-          Effect.onError(() => Effect.sync(() => registry.release(reservation)))
-        )
-      }).pipe(
-        Effect.timeoutFail({
-          duration: Duration.millis(config.connectionTimeout),
-          onTimeout: () => new ConnectionTimeout({ timeoutMillis: config.connectionTimeout })
-        })
-      )
+        return yield* establish(request, raw, offered, protocol, reservation, acceptOptions?.handler)
+      })
+
+    // The same bounded fan-out as a Broadcaster channel's, with the `broadcast` option's bound and policy.
+    const fanOut = new FanOut(config.broadcast, broadcastMetrics)
 
     const broadcast: WebSocketManager["broadcast"] = (message, filter) =>
       Effect.suspend(() => {
@@ -280,17 +326,14 @@ export const make = (
         const targets = filter === undefined
           ? registry.connections.values()
           : Array.from(registry.connections.values()).filter((c) => filter(c.socket, c.context))
-        let reached = 0
-        for (const connection of targets) {
-          if (Encode.write(connection.socket, encoded.right)) reached++
-        }
-        return Effect.succeed(reached)
+        return Effect.succeed(fanOut.send(targets, [encoded.right], [true])[0]!)
       })
 
     const close: WebSocketManager["close"] = (code = 1001, reason = "Server shutdown") =>
       Effect.gen(function*() {
+        yield* checkClose(code, reason)
         closing = true
-        for (const connection of registry.connections.values()) connection.closeSocket(code, reason)
+        for (const connection of registry.connections.values()) connection.closeSocket(code, reason, "server-shutdown")
         const drained = yield* FiberSet.awaitEmpty(fibers).pipe(
           Effect.timeout(Duration.millis(config.closeTimeout)),
           Effect.option
@@ -301,7 +344,7 @@ export const make = (
         }
       })
 
-    yield* Effect.addFinalizer(() => close())
+    yield* Effect.addFinalizer(() => Effect.orDie(close()))
 
     const manager: WebSocketManager = {
       [TypeId]: TypeId,

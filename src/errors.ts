@@ -13,6 +13,13 @@ import * as Respondable from "@effect/platform/HttpServerRespondable"
 import { Data, Effect } from "effect"
 
 /**
+ * An upgrade-refusing error answers for itself in an `@effect/platform` app: its status, and its
+ * `publicMessage` as the body (the same body the Node adapter writes for a fetch handler).
+ */
+const respond = (error: { readonly status: number; readonly publicMessage: string }) =>
+  Effect.succeed(HttpServerResponse.text(error.publicMessage, { status: error.status }))
+
+/**
  * An option failed to decode. `field` is the dotted path of the offending option.
  *
  * @since 0.1.0
@@ -40,6 +47,13 @@ export class UpgradeRequired extends Data.TaggedError("UpgradeRequired")<{
   get message() {
     return `WebSocket upgrade required: ${this.reason}`
   }
+  /** What the refused client is told. */
+  get publicMessage() {
+    return this.message
+  }
+  [Respondable.symbol]() {
+    return respond(this)
+  }
 }
 
 /**
@@ -59,6 +73,17 @@ export class HandshakeFailed extends Data.TaggedError("HandshakeFailed")<{
   get message() {
     return `WebSocket handshake failed (${this.reason}): ${this.detail}`
   }
+  /** What the refused client is told: which protocols are supported, but no detail of a server fault. */
+  get publicMessage() {
+    return this.reason === "UnsupportedProtocol"
+      ? this.message
+      : this.status === 500
+      ? "Internal Server Error"
+      : "Bad Request"
+  }
+  [Respondable.symbol]() {
+    return respond(this)
+  }
 }
 
 /**
@@ -73,6 +98,13 @@ export class OriginNotAllowed extends Data.TaggedError("OriginNotAllowed")<{
   readonly status = 403
   get message() {
     return `Origin not allowed: ${this.origin}`
+  }
+  /** What the refused client is told: not its own origin echoed back. */
+  get publicMessage() {
+    return "Origin not allowed"
+  }
+  [Respondable.symbol]() {
+    return respond(this)
   }
 }
 
@@ -90,6 +122,13 @@ export class ConnectionLimitExceeded extends Data.TaggedError("ConnectionLimitEx
   get message() {
     return `Connection limit exceeded (${this.scope}: ${this.limit})`
   }
+  /** What the refused client is told: which limit, not its value. */
+  get publicMessage() {
+    return `Connection limit exceeded (${this.scope})`
+  }
+  [Respondable.symbol]() {
+    return respond(this)
+  }
 }
 
 /**
@@ -103,23 +142,42 @@ export class ManagerClosed extends Data.TaggedError("ManagerClosed")<{}> {
   get message() {
     return "The WebSocket manager is closed"
   }
+  /** What the refused client is told. */
+  get publicMessage() {
+    return this.message
+  }
+  [Respondable.symbol]() {
+    return respond(this)
+  }
 }
 
 /**
- * Authentication failed: no credentials, rejected credentials, or a validator that threw or
- * took longer than `authentication.timeout`.
+ * Authentication failed: no credentials (`MissingCredentials`), refused or empty credentials
+ * (`InvalidCredentials`), a validator that threw or rejected, or a key that cannot be used
+ * (`ValidatorFailed`), or no answer within `authentication.timeout` (`Timeout`).
+ *
+ * `detail` and `message` are for the server (logs, `Effect.catchTag`); the client is told only
+ * `publicMessage`, as a validator's or jose's message can say more than an unauthenticated
+ * client should learn.
  *
  * @since 0.1.0
  * @category errors
  */
 export class AuthenticationFailed extends Data.TaggedError("AuthenticationFailed")<{
-  readonly reason: "MissingCredentials" | "InvalidCredentials" | "Timeout"
+  readonly reason: "MissingCredentials" | "InvalidCredentials" | "ValidatorFailed" | "Timeout"
   readonly detail: string
   readonly cause?: unknown
 }> {
   readonly status = 401
   get message() {
     return `Authentication failed (${this.reason}): ${this.detail}`
+  }
+  /** What the refused client is told. */
+  get publicMessage() {
+    return "Unauthorized"
+  }
+  [Respondable.symbol]() {
+    return respond(this)
   }
 }
 
@@ -135,6 +193,13 @@ export class ConnectionTimeout extends Data.TaggedError("ConnectionTimeout")<{
   readonly status = 408
   get message() {
     return `The WebSocket handshake did not complete within ${this.timeoutMillis} ms`
+  }
+  /** What the refused client is told. */
+  get publicMessage() {
+    return "The WebSocket handshake timed out"
+  }
+  [Respondable.symbol]() {
+    return respond(this)
   }
 }
 
@@ -282,7 +347,37 @@ export class BackendConnectFailed extends Data.TaggedError("BackendConnectFailed
 }
 
 /**
- * Errors that refuse an upgrade before it happens; each has the HTTP `status` to answer with.
+ * The Broadcaster is closed: it publishes, subscribes and creates channels no more.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class BroadcasterClosed extends Data.TaggedError("BroadcasterClosed")<{}> {
+  get message() {
+    return "The Broadcaster is closed"
+  }
+}
+
+/**
+ * A close code or reason the WebSocket protocol does not allow (RFC 6455 §7.4): the codes are
+ * 1000–1003, 1007–1014 and 3000–4999, the reason at most 123 UTF-8 bytes. Nothing was closed.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class InvalidClose extends Data.TaggedError("InvalidClose")<{
+  readonly reason: "InvalidCode" | "ReasonTooLong" | "ReasonNotAString"
+  readonly code: number
+  readonly detail: string
+}> {
+  get message() {
+    return `Invalid close (${this.reason}, code ${this.code}): ${this.detail}`
+  }
+}
+
+/**
+ * Errors that refuse an upgrade before it happens; each has the HTTP `status` to answer with,
+ * the `publicMessage` a client may be told, and answers for itself in an `@effect/platform` app.
  *
  * @since 0.1.0
  * @category errors
@@ -295,23 +390,3 @@ export type AcceptError =
   | ManagerClosed
   | AuthenticationFailed
   | ConnectionTimeout
-
-/**
- * The upgrade-refusing errors answer for themselves in an `@effect/platform` app
- * (`HttpServerRespondable`): an uncaught `accept` error becomes its status and message.
- */
-for (const ErrorClass of [
-  UpgradeRequired,
-  HandshakeFailed,
-  OriginNotAllowed,
-  ConnectionLimitExceeded,
-  ManagerClosed,
-  AuthenticationFailed,
-  ConnectionTimeout
-]) {
-  Object.defineProperty(ErrorClass.prototype, Respondable.symbol, {
-    value(this: AcceptError) {
-      return Effect.succeed(HttpServerResponse.text(this.message, { status: this.status }))
-    }
-  })
-}

@@ -8,8 +8,20 @@
 import { Effect, Either, ParseResult, Schema } from "effect"
 import { InvalidOptions } from "./errors.js"
 
+/** The longest delay a JavaScript timer honours; Node fires a longer one after 1 ms. */
+const MAX_TIMER_MILLIS = 2 ** 31 - 1
+
 /** @internal */
-export const Millis = Schema.Number.pipe(Schema.finite(), Schema.nonNegative())
+export const Millis = Schema.Number.pipe(
+  Schema.finite(),
+  Schema.nonNegative(),
+  Schema.lessThanOrEqualTo(MAX_TIMER_MILLIS, {
+    message: () => `must be at most ${MAX_TIMER_MILLIS} ms (about 24.8 days), the longest a timer can wait`
+  })
+)
+
+/** A timeout or interval that must leave time for something to happen: zero would fail it at once. */
+const PositiveMillis = Millis.pipe(Schema.positive())
 
 /** @internal */
 export const PositiveInt = Schema.Int.pipe(Schema.positive())
@@ -26,8 +38,23 @@ export const AnyFunction = Schema.declare(
 const StringOrStrings = Schema.Union(Schema.String, Schema.Array(Schema.String))
 
 /**
+ * The JWS algorithms a JWT may be verified with. `none` is not one: a token must be signed.
+ *
+ * @since 0.1.0
+ * @category options
+ */
+export const JwtAlgorithm = Schema.Literal(
+  "HS256", "HS384", "HS512",
+  "RS256", "RS384", "RS512",
+  "PS256", "PS384", "PS512",
+  "ES256", "ES384", "ES512",
+  "EdDSA", "Ed25519"
+)
+
+/**
  * Authentication. Without `type` it is `'custom'`: `validator(request)` returns the user (an
- * object with `id`, `userId` or `sub`, or a user id string), or something falsy to refuse.
+ * object with `userId`, `id` or `sub`, or a user id string), or something falsy to refuse.
+ * For `'jwt'`, `context.userId` is the `userIdClaim` claim (`sub` by default).
  *
  * @since 0.1.0
  * @category options
@@ -35,17 +62,28 @@ const StringOrStrings = Schema.Union(Schema.String, Schema.Array(Schema.String))
 export const AuthenticationOptions = Schema.Struct({
   type: Schema.optionalWith(Schema.Literal("custom", "api-key", "jwt"), { default: () => "custom" as const }),
   required: Schema.optionalWith(Schema.Boolean, { default: () => true }),
-  timeout: Schema.optionalWith(Millis, { default: () => 5_000 }),
+  // Zero would refuse every upgrade before its validator could answer.
+  timeout: Schema.optionalWith(Millis.pipe(Schema.positive()), { default: () => 5_000 }),
   validator: Schema.optional(AnyFunction),
   header: Schema.optionalWith(Schema.String, { default: () => "x-api-key" }),
   secret: Schema.optional(Schema.Union(Schema.String, Schema.Uint8ArrayFromSelf)),
-  algorithm: Schema.optionalWith(Schema.String, { default: () => "HS256" }),
+  algorithm: Schema.optionalWith(JwtAlgorithm, { default: () => "HS256" as const }),
   issuer: Schema.optional(StringOrStrings),
-  audience: Schema.optional(StringOrStrings)
+  audience: Schema.optional(StringOrStrings),
+  userIdClaim: Schema.optionalWith(Schema.NonEmptyString, { default: () => "sub" })
 }).pipe(
   Schema.filter((auth) => {
     if (auth.type === "jwt" && auth.secret === undefined) {
       return { path: ["secret"], message: "a JWT authentication needs a secret" }
+    }
+    if (auth.type === "jwt" && !auth.algorithm.startsWith("HS") && typeof auth.secret !== "string") {
+      return { path: ["secret"], message: `an ${auth.algorithm} key is a PEM public key (SPKI) string` }
+    }
+    if (auth.type === "jwt" && auth.algorithm.startsWith("HS")) {
+      // RFC 7518 3.2: an HMAC key at least as long as the hash, so it cannot be guessed offline.
+      const bytes = Number(auth.algorithm.slice(2)) / 8
+      const length = typeof auth.secret === "string" ? new TextEncoder().encode(auth.secret).length : auth.secret!.length
+      if (length < bytes) return { path: ["secret"], message: `an ${auth.algorithm} secret needs at least ${bytes} bytes` }
     }
     if (auth.type !== "jwt" && auth.validator === undefined) {
       return { path: ["validator"], message: `a ${auth.type} authentication needs a validator function` }
@@ -78,15 +116,24 @@ export const WebSocketManagerOptions = Schema.Struct({
   maxConnections: Schema.optionalWith(PositiveInt, { default: () => 10_000 }),
   maxConnectionsPerUser: Schema.optional(PositiveInt),
   maxConnectionsPerIP: Schema.optional(PositiveInt),
-  connectionTimeout: Schema.optionalWith(Millis, { default: () => 10_000 }),
+  connectionTimeout: Schema.optionalWith(PositiveMillis, { default: () => 10_000 }),
+  /** 0 turns the heartbeat off. */
   heartbeatInterval: Schema.optionalWith(Millis, { default: () => 30_000 }),
-  heartbeatTimeout: Schema.optionalWith(Millis, { default: () => 10_000 }),
+  heartbeatTimeout: Schema.optionalWith(PositiveMillis, { default: () => 10_000 }),
   authentication: Schema.optional(AuthenticationOptions),
   compression: Schema.optionalWith(CompressionOptions, { default: () => CompressionOptions.make({}) }),
   protocols: Schema.optionalWith(Schema.Array(Schema.String), { default: () => [] }),
   allowedOrigins: Schema.optional(Schema.Array(Schema.String)),
   maxPayload: Schema.optionalWith(PositiveInt, { default: () => 1024 * 1024 }),
-  closeTimeout: Schema.optionalWith(Millis, { default: () => 5_000 })
+  /** 0 cuts every connection at once, without waiting for close handshakes. */
+  closeTimeout: Schema.optionalWith(Millis, { default: () => 5_000 }),
+  /**
+   * The bound and slow-consumer policy of `broadcast`, as a Broadcaster channel has them and
+   * with the same defaults. Suspended: `ChannelOptions` is declared below, with the Broadcaster's.
+   */
+  broadcast: Schema.optionalWith(Schema.suspend((): typeof ChannelOptions => ChannelOptions), {
+    default: () => ChannelOptions.make({})
+  })
 }).pipe(
   Schema.filter((options) =>
     options.heartbeatInterval > 0 && options.heartbeatTimeout > options.heartbeatInterval
@@ -225,8 +272,8 @@ const BackendOptions = Schema.Struct({
  */
 export const HealthCheckOptions = Schema.Struct({
   enabled: Schema.optionalWith(Schema.Boolean, { default: () => false }),
-  interval: Schema.optionalWith(Millis, { default: () => 10_000 }),
-  timeout: Schema.optionalWith(Millis, { default: () => 2_000 }),
+  interval: Schema.optionalWith(PositiveMillis, { default: () => 10_000 }),
+  timeout: Schema.optionalWith(PositiveMillis, { default: () => 2_000 }),
   unhealthyThreshold: Schema.optionalWith(PositiveInt, { default: () => 3 }),
   healthyThreshold: Schema.optionalWith(PositiveInt, { default: () => 2 }),
   path: Schema.optional(Schema.String)
@@ -239,7 +286,7 @@ export const HealthCheckOptions = Schema.Struct({
 export const CircuitBreakerOptions = Schema.Struct({
   enabled: Schema.optionalWith(Schema.Boolean, { default: () => true }),
   failureThreshold: Schema.optionalWith(PositiveInt, { default: () => 5 }),
-  recoveryTimeout: Schema.optionalWith(Millis, { default: () => 30_000 })
+  recoveryTimeout: Schema.optionalWith(PositiveMillis, { default: () => 30_000 })
 })
 
 /**
@@ -254,11 +301,11 @@ export const WebSocketPoolOptions = Schema.Struct({
   backends: Schema.optional(Schema.Array(BackendOptions)),
   maxConnections: Schema.optionalWith(PositiveInt, { default: () => 10 }),
   minConnections: Schema.optionalWith(NonNegativeInt, { default: () => 0 }),
-  acquireTimeout: Schema.optionalWith(Millis, { default: () => 10_000 }),
-  idleTimeout: Schema.optionalWith(Millis, { default: () => 60_000 }),
+  acquireTimeout: Schema.optionalWith(PositiveMillis, { default: () => 10_000 }),
+  idleTimeout: Schema.optionalWith(PositiveMillis, { default: () => 60_000 }),
   validateOnCheckout: Schema.optionalWith(Schema.Boolean, { default: () => false }),
   /** How long a new connection may take to open. */
-  connectTimeout: Schema.optionalWith(Millis, { default: () => 5_000 }),
+  connectTimeout: Schema.optionalWith(PositiveMillis, { default: () => 5_000 }),
   loadBalancing: Schema.optionalWith(LoadBalancing, { default: () => "round-robin" as const }),
   healthCheck: Schema.optionalWith(HealthCheckOptions, { default: () => HealthCheckOptions.make({}) }),
   circuitBreaker: Schema.optionalWith(CircuitBreakerOptions, { default: () => CircuitBreakerOptions.make({}) })

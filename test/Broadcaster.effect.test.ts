@@ -1,5 +1,5 @@
 import { describe, expect, it } from "@effect/vitest"
-import { Chunk, Effect, Fiber, Layer, Metric, Stream } from "effect"
+import { Cause, Chunk, Deferred, Effect, Exit, Fiber, Layer, Metric, Scope, Stream } from "effect"
 import { Broadcaster, NodeServer, WebSocketManager } from "effect-websocket-manager"
 import { eventually, nextMessage, nextMessages, openClient } from "./utils/index.js"
 
@@ -29,6 +29,23 @@ const client = (url: string) =>
   Effect.acquireRelease(Effect.promise(() => openClient(url)), (ws) => Effect.sync(() => ws.terminate()))
 
 const Live = Layer.merge(WebSocketManager.layer(), Broadcaster.layer())
+
+/** Collects a channel's stream in a fiber, returned once the stream is live (it has seen a "ping"). */
+const consume = (channel: Broadcaster.Channel) =>
+  Effect.gen(function*() {
+    const live = yield* Deferred.make<void>()
+    const fiber = yield* channel.messages.pipe(
+      Stream.tap(() => Deferred.succeed(live, undefined)),
+      Stream.filter((message) => message !== "ping"),
+      Stream.runCollect,
+      Effect.map(Chunk.toReadonlyArray),
+      Effect.fork
+    )
+    yield* Effect.repeat(Effect.zipRight(channel.broadcast("ping"), Effect.delay(Deferred.isDone(live), "5 millis")), {
+      until: (done) => done
+    })
+    return fiber
+  })
 
 describe("Broadcaster (Effect API)", () => {
   it.scoped("relays between connections subscribed from their handlers, excluding the sender", () =>
@@ -73,6 +90,52 @@ describe("Broadcaster (Effect API)", () => {
       expect((yield* broadcaster.stats).channels).toEqual({})
       expect(yield* manager.stats).toEqual({ connections: 0, pending: 0, fibers: 0 })
     }).pipe(Effect.provide(Live)))
+
+  it.live("close ends every channel's streams, settles what was published, and fails later calls", () =>
+    Effect.gen(function*() {
+      const scope = yield* Scope.make()
+      const broadcaster = yield* Broadcaster.make().pipe(Scope.extend(scope))
+      const channel = yield* broadcaster.createChannel("feed")
+      const consumer = yield* consume(channel)
+      const other = yield* consume(yield* broadcaster.createChannel("other"))
+      const published = yield* Effect.fork(Effect.all([channel.broadcast("a"), channel.broadcast("b")]))
+      yield* Scope.close(scope, Exit.void)
+      // Both streams end (they do not hang), and the broadcasts in flight settled.
+      const [feed, rest] = yield* Effect.all([Fiber.join(consumer), Fiber.join(other)]).pipe(
+        Effect.timeoutFail({ duration: "2 seconds", onTimeout: () => new Error("a channel stream did not end") })
+      )
+      expect(rest).toEqual([])
+      const outcome = yield* Fiber.await(published).pipe(
+        Effect.timeoutFail({ duration: "2 seconds", onTimeout: () => new Error("a broadcast did not settle") })
+      )
+      // Published before the close: delivered (to nobody but the stream); after it: refused.
+      if (Exit.isSuccess(outcome)) {
+        expect(outcome.value).toEqual([0, 0])
+        expect(feed).toEqual(["a", "b"])
+      } else {
+        expect(Cause.squash(outcome.cause)).toMatchObject({ _tag: "BroadcasterClosed" })
+      }
+      const failed = yield* Effect.all([
+        Effect.flip(broadcaster.broadcast("feed", "late")),
+        Effect.flip(channel.broadcast("late")),
+        Effect.flip(broadcaster.createChannel("new"))
+      ])
+      expect(failed.map((error) => error._tag)).toEqual(["BroadcasterClosed", "BroadcasterClosed", "BroadcasterClosed"])
+      // A stream opened after the close fails with it too, instead of waiting forever.
+      const late = yield* Effect.flip(Stream.runCollect(channel.messages))
+      expect(late._tag).toBe("BroadcasterClosed")
+      expect(yield* broadcaster.stats).toMatchObject({ channels: {}, fibers: 0 })
+    }))
+
+  it.live("close is also a method of the service, idempotent", () =>
+    Effect.gen(function*() {
+      const broadcaster = yield* Broadcaster.make()
+      const consumer = yield* consume(yield* broadcaster.createChannel("feed"))
+      yield* broadcaster.close
+      yield* broadcaster.close
+      expect(yield* Fiber.join(consumer)).toEqual([])
+      expect((yield* Effect.flip(broadcaster.broadcast("feed", "x")))._tag).toBe("BroadcasterClosed")
+    }).pipe(Effect.scoped))
 
   it.effect("fails the layer with InvalidOptions naming the field", () =>
     Effect.gen(function*() {

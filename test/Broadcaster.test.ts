@@ -164,7 +164,8 @@ describe("Broadcaster (facade)", () => {
     expect(broadcaster.getStats()).toMatchObject({ channels: {}, subscriptions: 0, subscribers: 0 })
     await eventually(() => broadcaster.getStats().fibers === 0, 2_000, "the channel fiber to stop")
     stayer.terminate()
-  })
+    // 1,000 connections take a while on a loaded machine; nothing here depends on timing.
+  }, 60_000)
 })
 
 describe("slow consumers", () => {
@@ -244,5 +245,98 @@ describe("slow consumers", () => {
     expect(await closed).toMatchObject({ code: 1008, reason: "Slow consumer" })
     await eventually(() => harness.manager.getActiveConnections() === 2)
     await eventually(() => broadcaster.getStats().channels.firehose!.subscribers === 2)
+  })
+})
+
+/** Every broadcast settles: resolved with a count or rejected; a hang fails the test after 2 s. */
+const settled = (broadcast: Promise<number>) =>
+  withTimeout(
+    broadcast.then((count) => ({ count }), (error: unknown) => ({ error })),
+    2_000,
+    "the broadcast to settle"
+  )
+
+/** Runs `f` after `ticks` microtask turns, or on the next macrotask for a negative count. */
+const after = (ticks: number, f: () => void) =>
+  ticks < 0
+    ? new Promise<void>((resolve) => setImmediate(() => resolve(f())))
+    : (async () => {
+      for (let i = 0; i < ticks; i++) await Promise.resolve()
+      f()
+    })()
+
+// 0..40 microtask turns and a macrotask: the removal lands before the publish, between the
+// publish and the channel fiber's delivery, and after it.
+const TIMINGS = [...Array.from({ length: 41 }, (_, i) => i), -1]
+
+describe("races and close", () => {
+  it("a broadcast raced by its last subscriber's unsubscribe always settles", async () => {
+    const { broadcaster, connect, sockets } = await setup()
+    for (const ticks of TIMINGS) {
+      const client = await connect(`race-${ticks}`)
+      const socket = sockets.at(-1)!
+      const result = settled(broadcaster.broadcast(`race-${ticks}`, "x"))
+      await after(ticks, () => broadcaster.unsubscribe(socket, `race-${ticks}`))
+      const outcome = await result
+      expect(outcome, `unsubscribed after ${ticks} ticks`).toHaveProperty("count")
+      client.terminate()
+    }
+    await eventually(() => broadcaster.getStats().fibers === 0, 2_000, "every idle channel to be removed")
+    expect(broadcaster.getStats().channels).toEqual({})
+  })
+
+  it("a broadcast raced by its last subscriber's socket closing always settles", async () => {
+    const { broadcaster, connect, sockets } = await setup()
+    for (const ticks of TIMINGS) {
+      const client = await connect(`closing-${ticks}`)
+      // The broadcast is published while the connection's end releases its subscriptions.
+      const result = new Promise<Awaited<ReturnType<typeof settled>>>((resolve) =>
+        sockets.at(-1)!.once("close", () => after(ticks, () => resolve(settled(broadcaster.broadcast(`closing-${ticks}`, "x")))))
+      )
+      client.terminate()
+      expect(await withTimeout(result, 4_000, "the close"), `published ${ticks} ticks after the close`).toHaveProperty("count")
+    }
+    await eventually(() => broadcaster.getStats().fibers === 0, 2_000, "every idle channel to be removed")
+  })
+
+  it("close() raced by broadcasts settles every one of them, delivered or failed with BroadcasterClosed", async () => {
+    for (const ticks of [0, 1, 2, 3, 5, 8, 13, -1]) {
+      const { broadcaster, connect } = await setup()
+      const client = await connect("news")
+      const received: Array<string> = []
+      client.on("message", (data) => received.push(data.toString()))
+      const results = Array.from({ length: 5 }, (_, n) => settled(broadcaster.broadcast("news", `${n}`)))
+      await after(ticks, () => void broadcaster.close())
+      for (const outcome of await Promise.all(results)) {
+        if ("error" in outcome) expect(outcome.error, `closed after ${ticks} ticks`).toMatchObject({ _tag: "BroadcasterClosed" })
+        else expect(outcome.count).toBe(1)
+      }
+      // What resolved was written, in order.
+      const delivered = (await Promise.all(results)).filter((outcome) => "count" in outcome).length
+      await eventually(() => received.length === delivered, 2_000, `${delivered} messages`)
+      expect(received).toEqual(Array.from({ length: delivered }, (_, n) => `${n}`))
+    }
+  })
+
+  it("after close() every call that would publish or subscribe fails with BroadcasterClosed", async () => {
+    const { broadcaster, connect, sockets } = await setup()
+    await connect("chat")
+    const channel = broadcaster.createChannel("chat")
+    await broadcaster.close()
+    const outcome = await settled(broadcaster.broadcast("chat", "late"))
+    expect(outcome).toMatchObject({ error: { _tag: "BroadcasterClosed" } })
+    expect(await settled(channel.broadcast("late"))).toMatchObject({ error: { _tag: "BroadcasterClosed" } })
+    expect(await settled(broadcaster.broadcast("never-created", "late"))).toMatchObject({
+      error: { _tag: "BroadcasterClosed" }
+    })
+    expect(() => broadcaster.subscribe(sockets[0]!, "chat")).toThrow(expect.objectContaining({ _tag: "BroadcasterClosed" }))
+    expect(() => broadcaster.createChannel("other")).toThrow(expect.objectContaining({ _tag: "BroadcasterClosed" }))
+    // Leaving and reading still work, and find nothing: every channel was shut.
+    expect(broadcaster.unsubscribe(sockets[0]!, "chat")).toBe(false)
+    expect(broadcaster.getChannels(sockets[0]!)).toEqual([])
+    expect(broadcaster.getStats()).toMatchObject({ channels: {}, subscriptions: 0, subscribers: 0, fibers: 0 })
+    const gauge = Effect.runSync(Metric.value(Metric.tagged(Core.metrics.subscribers, "channel", "chat")))
+    expect(gauge.value).toBe(0)
+    await broadcaster.close()
   })
 })

@@ -1,8 +1,10 @@
-import { Chunk, Duration, Effect, Schedule } from "effect"
+import { Chunk, Duration, Effect, Metric, Schedule } from "effect"
 import { afterEach, describe, expect, it } from "vitest"
 import type WebSocket from "ws"
+import * as Connection from "../src/Connection.js"
 import * as Heartbeat from "../src/Heartbeat.js"
 import type { Harness } from "./utils/index.js"
+import { WebSocketManager } from "../src/promise/index.js"
 import { closeOf, eventually, openClient, sleep, startManager } from "./utils/index.js"
 
 const harnesses: Array<Harness> = []
@@ -33,6 +35,39 @@ describe("Heartbeat", () => {
     expect((await closed).code).toBe(1006)
     await eventually(() => manager.getStats().fibers === 0)
     expect(manager.getActiveConnections()).toBe(0)
+  })
+
+  it("ends a silent client's connection with the reason heartbeat-timeout, carrying HeartbeatTimeout", async () => {
+    const sockets: Array<WebSocket> = []
+    const harness = await startManager({ heartbeatInterval: 150, heartbeatTimeout: 75 }, ({ socket }) => {
+      sockets.push(socket)
+    })
+    harnesses.push(harness)
+    const counted = () => Effect.runSync(Metric.value(Metric.tagged(Connection.endsTotal, "reason", "heartbeat-timeout"))).count
+    const before = counted()
+    const silent = await openClient(harness.url, undefined, { autoPong: false })
+    clients.push(silent)
+    expect((await closeOf(silent, 2_000)).code).toBe(1006)
+    await eventually(() => harness.manager.getCloseInfo(sockets[0]!) !== undefined)
+    expect(harness.manager.getCloseInfo(sockets[0]!)).toMatchObject({
+      code: 1006,
+      end: "heartbeat-timeout",
+      error: { _tag: "HeartbeatTimeout", timeoutMillis: 75 }
+    })
+    await eventually(() => harness.manager.getStats().fibers === 0)
+    expect(counted() - before).toBe(1)
+  })
+
+  it("refuses heartbeatTimeout 0, which would cut every healthy client at its first check", () => {
+    for (const heartbeatTimeout of [0, -1, Number.NaN, Number.POSITIVE_INFINITY]) {
+      expect(() => new WebSocketManager({ heartbeatInterval: 1_000, heartbeatTimeout })).toThrow(
+        expect.objectContaining({ _tag: "InvalidOptions", field: "heartbeatTimeout" })
+      )
+    }
+    // 0 turns the heartbeat off: documented, and kept.
+    const off = new WebSocketManager({ heartbeatInterval: 0 })
+    expect(off.service.config.heartbeatInterval).toBe(0)
+    return off.close()
   })
 
   it("keeps a client that answers pings", async () => {

@@ -1,3 +1,4 @@
+import { EventEmitter } from "node:events"
 import { afterEach, describe, expect, it } from "vitest"
 import WebSocket from "ws"
 import type { AcceptResult } from "../src/promise/index.js"
@@ -278,9 +279,10 @@ describe("supervision", () => {
   })
 
   it("returns every fiber and count to zero after many connections come and go", async () => {
+    // The heartbeat runs, with a timeout a loaded machine cannot miss: the test counts, it does not cut.
     const { manager, url } = await start({
-      heartbeatInterval: 1_000,
-      heartbeatTimeout: 500,
+      heartbeatInterval: 6_000,
+      heartbeatTimeout: 5_000,
       authentication: { validator: (request: Request) => new URL(request.url).searchParams.get("user") }
     })
     const sockets = await Promise.all(Array.from({ length: 300 }, (_, i) => openClient(`${url}/?user=u${i % 7}`)))
@@ -322,5 +324,181 @@ describe("options", () => {
       /heartbeatTimeout/
     )
     expect(() => new WebSocketManager({ authentication: { type: "jwt" } })).toThrow(/authentication\.secret/)
+  })
+})
+
+describe("close validation", () => {
+  const invalidCodes = [999, 1004, 1005, 1006, 1015, 2999, 5000, 1000.5, Number.NaN]
+
+  it("rejects a code ws refuses or a reason over 123 bytes with InvalidClose, and changes nothing", async () => {
+    const { errors, manager, url } = await start({}, echo)
+    const ws = await client(url)
+    for (const code of invalidCodes) {
+      await expect(manager.close(code, "bye")).rejects.toMatchObject({ _tag: "InvalidClose", reason: "InvalidCode" })
+    }
+    // 124 UTF-8 bytes in 62 characters: the limit is on bytes.
+    await expect(manager.close(1000, "é".repeat(62))).rejects.toMatchObject({
+      _tag: "InvalidClose",
+      reason: "ReasonTooLong"
+    })
+    // Nothing changed: the connection is open and the manager still accepts.
+    ws.send("still")
+    expect(await nextMessage(ws)).toBe("echo:still")
+    await client(url)
+    expect(errors).toEqual([])
+    expect(manager.getStats()).toEqual({ connections: 2, pending: 0, fibers: 2 })
+    // 123 bytes exactly is allowed, and so are the private-use codes.
+    const closed = closeOf(ws)
+    await manager.close(4999, `x${"é".repeat(61)}`)
+    expect(await closed).toEqual({ code: 4999, reason: `x${"é".repeat(61)}` })
+  })
+})
+
+describe("async listeners", () => {
+  it("close only the connection whose async listener rejects, with 1011, and no rejection goes unhandled", async () => {
+    const unhandled: Array<unknown> = []
+    const probe = (reason: unknown) => unhandled.push(reason)
+    process.on("unhandledRejection", probe)
+    try {
+      const forms = ["addEventListener", "on", "onmessage"] as const
+      const sockets: Array<WebSocket> = []
+      const { manager, url } = await start({}, ({ socket }, request) => {
+        sockets.push(socket)
+        const listener = async (data: unknown) => {
+          await sleep(1)
+          if (String(data) === "boom") throw new Error("async listener bug")
+          socket.send(`ok:${data}`)
+        }
+        const form = new URL(request.url).searchParams.get("form")
+        if (form === "addEventListener") socket.addEventListener("message", (event) => listener(event.data))
+        else if (form === "on") socket.on("message", (data) => listener(data))
+        else socket.onmessage = (event) => listener(event.data)
+      })
+      const good = await client(`${url}/?form=on`)
+      for (const form of forms) {
+        const bad = await client(`${url}/?form=${form}`)
+        const closed = closeOf(bad)
+        bad.send("boom")
+        expect((await closed).code).toBe(1011)
+        const socket = sockets.at(-1)!
+        await eventually(() => manager.getCloseInfo(socket) !== undefined)
+        const info = manager.getCloseInfo(socket)
+        expect(info).toMatchObject({ code: 1011, end: "handler-failed", error: { _tag: "HandlerFailed" } })
+        expect((info!.error as any).cause.message).toBe("async listener bug")
+      }
+      good.send("fine")
+      expect(await nextMessage(good)).toBe("ok:fine")
+      await eventually(() => manager.getActiveConnections() === 1)
+      await sleep(50)
+      expect(unhandled).toEqual([])
+      // The managed sockets opted in to captureRejections for themselves only.
+      expect(EventEmitter.captureRejections).toBe(false)
+    } finally {
+      process.off("unhandledRejection", probe)
+    }
+  })
+
+  it("keep the listener identities of addEventListener, removeEventListener and the on-attributes", async () => {
+    let socket: WebSocket | undefined
+    const { url } = await start({}, (accepted) => {
+      socket = accepted.socket
+    })
+    const ws = await client(url)
+    const seen: Array<string> = []
+    const listener = (event: WebSocket.MessageEvent) => seen.push(`listener:${event.data}`)
+    const attribute = (event: WebSocket.MessageEvent) => seen.push(`attribute:${event.data}`)
+    socket!.addEventListener("message", listener)
+    socket!.addEventListener("message", listener)
+    socket!.onmessage = attribute
+    expect(socket!.onmessage).toBe(attribute)
+    ws.send("a")
+    await eventually(() => seen.length === 2)
+    socket!.removeEventListener("message", listener)
+    socket!.onmessage = null
+    expect(socket!.onmessage).toBe(null)
+    socket!.addEventListener("message", { handleEvent: (event: WebSocket.MessageEvent) => seen.push(`object:${event.data}`) })
+    ws.send("b")
+    await eventually(() => seen.length === 3)
+    expect(seen).toEqual(["listener:a", "attribute:a", "object:b"])
+  })
+})
+
+describe("connection ends", () => {
+  it("tell how each connection ended: normal, connection-lost, protocol-error, server-shutdown", async () => {
+    const sockets: Array<WebSocket> = []
+    const errors: Array<Error> = []
+    const { manager, url } = await start({ maxPayload: 16 }, ({ socket }) => {
+      sockets.push(socket)
+      socket.on("error", (error) => errors.push(error))
+    })
+    const [normal, lost, oversized, shutdown] = [await client(url), await client(url), await client(url), await client(url)]
+    normal.close(4001, "done")
+    lost.terminate()
+    oversized.send("x".repeat(64))
+    await eventually(() => manager.getActiveConnections() === 1)
+    const closed = closeOf(shutdown)
+    await manager.close(4002, "maintenance")
+    expect((await closed).code).toBe(4002)
+    const ends = sockets.map((socket) => manager.getCloseInfo(socket))
+    expect(ends[0]).toEqual({ code: 4001, reason: "done", end: "normal", error: undefined })
+    expect(ends[1]).toMatchObject({ code: 1006, end: "connection-lost", error: undefined })
+    // ws stops reading after a protocol error, so its 'close' reports 1006 though it sent 1009.
+    expect(ends[2]).toMatchObject({ end: "protocol-error", error: { code: "WS_ERR_UNSUPPORTED_MESSAGE_LENGTH" } })
+    // A user's own 'error' listener still gets the error.
+    expect(errors).toEqual([ends[2]!.error])
+    expect(ends[3]).toEqual({ code: 4002, reason: "maintenance", end: "server-shutdown", error: undefined })
+    expect(manager.getCloseInfo({} as WebSocket)).toBeUndefined()
+  })
+
+  it("are already known to the socket's own close listeners", async () => {
+    const seen: Array<unknown> = []
+    const { manager, url } = await start({}, ({ socket }) => {
+      socket.addEventListener("close", () => seen.push(manager.getCloseInfo(socket)?.end))
+    })
+    const ws = await client(url)
+    ws.close()
+    await eventually(() => seen.length === 1)
+    expect(seen).toEqual(["normal"])
+  })
+})
+
+describe("slots", () => {
+  const churn = async (url: string, manager: WebSocketManager, target = (_i: number) => url) => {
+    const pending: Array<number> = []
+    for (let round = 0; round < 3; round++) {
+      const sockets = [await client(target(0)), await client(target(1))]
+      pending.push(manager.getStats().pending)
+      sockets.forEach((ws) => ws.close())
+      await eventually(() => manager.getActiveConnections() === 0, 5_000, "the slots to come back")
+      pending.push(manager.getStats().pending)
+    }
+    expect(pending.every((count) => count === 0)).toBe(true)
+  }
+
+  it("are given back per remote address when connections close", async () => {
+    const { manager, url } = await start({ maxConnectionsPerIP: 2 })
+    await churn(url, manager)
+    await client(url)
+    await client(url)
+    expect(await refusedStatus(url)).toBe(503)
+  })
+
+  it("are given back per user when connections close", async () => {
+    const { manager, url } = await start({
+      maxConnectionsPerUser: 2,
+      authentication: { validator: (request: Request) => new URL(request.url).searchParams.get("user") }
+    })
+    await churn(url, manager, () => `${url}/?user=ann`)
+    await client(`${url}/?user=ann`)
+    await client(`${url}/?user=ann`)
+    expect(await refusedStatus(`${url}/?user=ann`)).toBe(503)
+  })
+
+  it("are given back in total when connections close, and refused upgrades take none", async () => {
+    const { manager, url } = await start({ maxConnections: 2, authentication: { validator: () => false } })
+    expect(await refusedStatus(url)).toBe(401)
+    expect(manager.getStats()).toEqual({ connections: 0, pending: 0, fibers: 0 })
+    const open = await start({ maxConnections: 2 })
+    await churn(open.url, open.manager)
   })
 })

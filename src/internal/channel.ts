@@ -1,21 +1,20 @@
 /**
  * A channel actor: one `PubSub`, one fiber that takes published messages in batches, and a set
- * of subscribed connections it writes to synchronously.
+ * of subscribed connections it writes to through the shared bounded fan-out.
  *
- * Sockets are not fibers: waking a fiber per subscriber per message would cost several times
- * the `ws.send` it does. A subscriber's mailbox is its socket's send buffer; past the channel's
- * bound the slow-consumer policy decides, so a slow socket never holds up the others.
+ * Every published envelope is also kept here until it is settled, in publish order: the PubSub
+ * hands a message to the fiber before the fiber runs, so the mailbox alone cannot tell whether
+ * something is still on its way. A channel with an unsettled envelope is not idle, and a channel
+ * shut down delivers what is still unsettled once its fiber has stopped, so no broadcast is lost.
  */
 import type { Fiber, Metric, PubSub, Queue, Scope } from "effect"
-import { Deferred, Effect, Exit, Option } from "effect"
-import WebSocket from "ws"
+import { Deferred, Effect, Exit } from "effect"
+import type WebSocket from "ws"
 import type { ChannelConfig } from "../options.js"
 import type { ConnectionImpl } from "./connection.js"
-import * as Encode from "./encode.js"
 import type { Encoded } from "./encode.js"
-
-/** WebSocket close code for a policy violation (RFC 6455 §7.4.1). */
-const CLOSE_POLICY_VIOLATION = 1008
+import type { Audience, FanOutMetrics } from "./fanout.js"
+import { FanOut } from "./fanout.js"
 
 export interface Envelope {
   readonly message: unknown
@@ -23,49 +22,39 @@ export interface Envelope {
   /** The socket that does not get this message. */
   readonly exclude: WebSocket | undefined
   readonly filter: ((socket: WebSocket) => boolean) | undefined
-  /** Completed with the number of sockets written to, once the channel fiber has delivered. */
-  readonly done: Deferred.Deferred<number> | undefined
+  /** Completed with the number of sockets written to, once the channel has delivered. */
+  readonly done: Deferred.Deferred<number>
 }
 
-/** A `'drop-oldest'` backlog, and whether a drain listener is waiting to flush it. */
-interface Backlog {
-  readonly messages: Array<Encoded>
-  armed: boolean
-}
-
-export interface ChannelMetrics {
-  readonly delivered: Metric.Metric.Counter<number>
-  readonly dropped: Metric.Metric.Counter<number>
+export interface ChannelMetrics extends FanOutMetrics {
   readonly subscribers: Metric.Metric.Gauge<number>
 }
 
 export class ChannelActor {
   readonly subscribers = new Set<ConnectionImpl>()
-  /** `'drop-oldest'` backlogs, only for sockets over their bound. */
-  private readonly backlogs = new Map<ConnectionImpl, Backlog>()
-  delivered = 0
-  dropped = 0
   /** Server-side `Stream` consumers of this channel. */
   consumers = 0
   fiber: Fiber.RuntimeFiber<unknown, unknown> | undefined = undefined
+  readonly fanOut: FanOut
+  /** Published and not yet delivered, in publish order. */
+  private readonly unsettled = new Set<Envelope>()
 
   constructor(
     readonly name: string,
-    readonly config: ChannelConfig,
+    config: ChannelConfig,
     readonly pubsub: PubSub.PubSub<Envelope>,
     readonly mailbox: Queue.Dequeue<Envelope>,
     readonly scope: Scope.CloseableScope,
-    private readonly metrics: ChannelMetrics
-  ) {}
-
-  get backlogged(): number {
-    return this.backlogs.size
+    private readonly metrics: ChannelMetrics,
+    /** Called when a delivery leaves the channel idle, so that it can be removed. */
+    private readonly onIdle: (actor: ChannelActor) => void
+  ) {
+    this.fanOut = new FanOut(config, metrics)
   }
 
-  /** Nothing is waiting and nobody listens: the channel can go without losing anything. */
+  /** Nothing is on its way and nobody listens: the channel can go without losing anything. */
   get idle(): boolean {
-    return this.subscribers.size === 0 && this.consumers === 0 &&
-      Option.getOrElse(this.mailbox.unsafeSize(), () => 0) === 0
+    return this.subscribers.size === 0 && this.consumers === 0 && this.unsettled.size === 0
   }
 
   add(connection: ConnectionImpl): boolean {
@@ -77,9 +66,15 @@ export class ChannelActor {
 
   remove(connection: ConnectionImpl): boolean {
     if (!this.subscribers.delete(connection)) return false
-    this.backlogs.delete(connection)
+    this.fanOut.discard(connection)
     this.metrics.subscribers.unsafeUpdate(this.subscribers.size, [])
     return true
+  }
+
+  /** Synchronous, so that nothing can come between keeping the envelope and handing it to the PubSub. */
+  publish(envelope: Envelope): void {
+    this.unsettled.add(envelope)
+    this.pubsub.unsafeOffer(envelope)
   }
 
   /** The channel fiber's loop: take what has been published, at least one message, in order. */
@@ -87,63 +82,41 @@ export class ChannelActor {
     return Effect.forever(
       Effect.flatMap(
         this.mailbox.takeBetween(1, maxBatch),
-        (batch) => Effect.sync(() => this.deliver(batch))
+        (batch) =>
+          Effect.sync(() => {
+            this.deliver(batch)
+            if (this.idle) this.onIdle(this)
+          })
       )
     )
   }
 
-  /** Runs `f` and reports what it delivered and dropped to the metrics: the one place they are updated. */
-  private counted(f: () => void): void {
-    const delivered = this.delivered
-    const dropped = this.dropped
-    f()
-    if (this.delivered > delivered) this.metrics.delivered.unsafeUpdate(this.delivered - delivered, [])
-    if (this.dropped > dropped) this.metrics.dropped.unsafeUpdate(this.dropped - dropped, [])
+  /** After the fiber has stopped: what is still unsettled is delivered, and every subscriber let go. */
+  close(): void {
+    this.deliver(this.unsettled)
+    for (const connection of this.subscribers) this.remove(connection)
   }
 
   deliver(batch: Iterable<Envelope>): void {
-    this.counted(() => this.fanOut(Array.from(batch)))
-  }
-
-  private fanOut(envelopes: Array<Envelope>): void {
-    const keep = envelopes.map((envelope) => this.decide(envelope))
-    const counts = new Array<number>(envelopes.length).fill(0)
-    const uniform = envelopes.length > 1 && keep.every((kept) => kept === true)
-    // A batch that goes to everyone is framed into one Buffer: one write per socket for the lot.
-    const combined = uniform ? Buffer.concat(envelopes.map((envelope) => Encode.frameOf(envelope.encoded))) : undefined
-    for (const connection of this.subscribers) {
-      const socket = connection.socket
-      if (socket.readyState !== WebSocket.OPEN) continue
-      if (
-        combined !== undefined && !this.backlogs.has(connection) && Encode.canTakeRawFrame(socket) &&
-        socket.bufferedAmount + combined.length <= this.config.maxBackpressure
-      ) {
-        Encode.rawSocketOf(socket).write(combined)
-        for (let i = 0; i < counts.length; i++) counts[i]!++
-        this.delivered += counts.length
-        continue
-      }
-      const raw = Encode.rawSocketOf(socket)
-      if (envelopes.length > 1) raw.cork()
-      for (let i = 0; i < envelopes.length; i++) {
-        const kept = keep[i]!
-        if (kept === false || (kept !== true && !kept.has(connection))) continue
-        if (this.offer(connection, envelopes[i]!.encoded)) counts[i]!++
-      }
-      if (envelopes.length > 1) raw.uncork()
+    const envelopes: Array<Envelope> = []
+    const audiences: Array<Audience> = []
+    for (const envelope of Array.from(batch)) {
+      this.unsettled.delete(envelope)
+      const audience = this.audienceOf(envelope)
+      if (audience === undefined) continue
+      envelopes.push(envelope)
+      audiences.push(audience)
     }
-    for (let i = 0; i < envelopes.length; i++) {
-      const done = envelopes[i]!.done
-      if (done !== undefined && keep[i] !== false) Deferred.unsafeDone(done, Exit.succeed(counts[i]!))
-    }
+    const counts = this.fanOut.send(this.subscribers, envelopes.map((envelope) => envelope.encoded), audiences)
+    envelopes.forEach((envelope, i) => Deferred.unsafeDone(envelope.done, Exit.succeed(counts[i]!)))
   }
 
   /**
    * Who gets a message: `true` for every subscriber, or the set the filter and `exclude` keep.
    * The filter runs over all subscribers before anything is written, so one that throws fails
-   * its broadcast whole (`false`) instead of delivering half of it.
+   * its broadcast whole (`undefined`) instead of delivering half of it.
    */
-  private decide(envelope: Envelope): true | false | Set<ConnectionImpl> {
+  private audienceOf(envelope: Envelope): Audience | undefined {
     if (envelope.filter === undefined && envelope.exclude === undefined) return true
     try {
       const kept = new Set<ConnectionImpl>()
@@ -153,81 +126,8 @@ export class ChannelActor {
       }
       return kept
     } catch (error) {
-      if (envelope.done !== undefined) Deferred.unsafeDone(envelope.done, Effect.die(error))
-      return false
+      Deferred.unsafeDone(envelope.done, Effect.die(error))
+      return undefined
     }
-  }
-
-  /** Writes now (true), or applies the slow-consumer policy (false). */
-  private offer(connection: ConnectionImpl, encoded: Encoded): boolean {
-    const backlog = this.backlogs.get(connection)
-    if (backlog !== undefined && !this.flush(connection, backlog)) {
-      this.enqueue(backlog, encoded)
-      return false
-    }
-    if (connection.socket.bufferedAmount > this.config.maxBackpressure) {
-      this.overBound(connection, encoded)
-      return false
-    }
-    if (!Encode.write(connection.socket, encoded)) return false
-    this.delivered++
-    return true
-  }
-
-  private overBound(connection: ConnectionImpl, encoded: Encoded): void {
-    switch (this.config.policy) {
-      case "drop-newest":
-        this.dropped++
-        return
-      case "close":
-        this.dropped++
-        connection.closeSocket(CLOSE_POLICY_VIOLATION, "Slow consumer")
-        return
-      case "drop-oldest": {
-        const backlog: Backlog = { messages: [encoded], armed: false }
-        this.backlogs.set(connection, backlog)
-        this.flushOnDrain(connection, backlog)
-        return
-      }
-    }
-  }
-
-  private enqueue(backlog: Backlog, encoded: Encoded): void {
-    backlog.messages.push(encoded)
-    if (backlog.messages.length > this.config.maxQueuedMessages) {
-      backlog.messages.shift()
-      this.dropped++
-    }
-  }
-
-  /** One drain listener per backlog at most, however many messages arrive while it waits. */
-  private flushOnDrain(connection: ConnectionImpl, backlog: Backlog): void {
-    const raw = Encode.rawSocketOf(connection.socket)
-    if (backlog.armed || !raw.writableNeedDrain) return
-    backlog.armed = true
-    raw.once("drain", () => {
-      backlog.armed = false
-      this.counted(() => this.flush(connection, backlog))
-    })
-  }
-
-  /**
-   * Writes a backlog out while the socket is under its bound; true once it is empty. Runs on the
-   * socket's drain and before the next message for it, whichever comes first.
-   */
-  private flush(connection: ConnectionImpl, backlog: Backlog): boolean {
-    if (this.backlogs.get(connection) !== backlog) return true
-    const socket = connection.socket
-    const { messages } = backlog
-    while (messages.length > 0 && socket.readyState === WebSocket.OPEN && socket.bufferedAmount <= this.config.maxBackpressure) {
-      Encode.write(socket, messages.shift()!)
-      this.delivered++
-    }
-    if (messages.length === 0 || socket.readyState !== WebSocket.OPEN) {
-      this.backlogs.delete(connection)
-      return true
-    }
-    this.flushOnDrain(connection, backlog)
-    return false
   }
 }

@@ -9,6 +9,9 @@
  * A fetch handler is an app too: it reads the request with `HttpServerRequest.toWeb` and answers
  * with `HttpServerResponse.fromWeb`, so both kinds take the same path.
  *
+ * What no app should see is refused here: a request a fetch `Request` cannot represent (400), one
+ * Node's parser refuses (400, 431), a head slower than `headersTimeout` (408). Each is counted.
+ *
  * @since 0.1.0
  */
 import type * as HttpApp from "@effect/platform/HttpApp"
@@ -16,11 +19,27 @@ import { causeResponse, ServeError } from "@effect/platform/HttpServerError"
 import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
 import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
 import * as NodeHttpServer from "@effect/platform-node/NodeHttpServer"
-import { Effect, FiberSet, Scope } from "effect"
+import { Cause, Effect, FiberSet, Schema, Scope } from "effect"
+import type { UnknownException } from "effect/Cause"
 import * as Http from "node:http"
 import type { AddressInfo } from "node:net"
 import type { Duplex } from "node:stream"
-import { errorResponse, rawUpgradeOf, toWebRequest, writeResponse } from "../internal/upgrade.js"
+import type { InvalidOptions } from "../errors.js"
+import {
+  answerClientError,
+  countBadRequest,
+  destroyThis,
+  errorResponse,
+  metrics as refusalMetrics,
+  rawUpgradeOf,
+  Refusals,
+  refusePlain,
+  refuseUpgrade,
+  requestUrl,
+  toWebRequest,
+  writeResponse
+} from "../internal/upgrade.js"
+import { decode, PositiveInt } from "../options.js"
 
 /**
  * @since 0.1.0
@@ -37,6 +56,25 @@ export interface ServeOptions {
   readonly port?: number | undefined
   /** Defaults to 127.0.0.1: listening on every interface is a choice to make explicitly. */
   readonly hostname?: string | undefined
+  /**
+   * Milliseconds a client has to send its whole request head (10 s by default): a connection
+   * that has not finished it by then (slowloris, or one that never sends a byte) is answered 408
+   * and closed, within a second of the deadline.
+   */
+  readonly headersTimeout?: number | undefined
+}
+
+/**
+ * What the server refused before any app saw it.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface ServerStats {
+  /** Requests answered 400 (or 431): ones a fetch `Request` cannot represent, or Node's parser refused. */
+  readonly badRequests: number
+  /** Connections answered 408 and closed: the request head did not arrive within `headersTimeout`. */
+  readonly requestTimeouts: number
 }
 
 /**
@@ -48,40 +86,90 @@ export interface NodeServer {
   readonly port: number
   readonly hostname: string
   readonly url: string
+  readonly stats: Effect.Effect<ServerStats>
 }
 
 /**
+ * Process-wide counters of what every server (and `fromFetch` on any server) refused:
+ * `websocket_bad_requests_total` and `websocket_request_timeouts_total`.
+ *
+ * @since 0.1.0
+ * @category metrics
+ */
+export const metrics = refusalMetrics
+
+const ServeTimeouts = Schema.Struct({
+  headersTimeout: Schema.optionalWith(PositiveInt, { default: () => 10_000 })
+})
+
+/** Node's default, kept unless `headersTimeout` exceeds it (Node requires headers <= request). */
+const NODE_REQUEST_TIMEOUT = 300_000
+
+const badRequest = Effect.sync(() => {
+  countBadRequest(undefined)
+  return new Response(Http.STATUS_CODES[400], { status: 400, headers: { "content-type": "text/plain; charset=utf-8" } })
+})
+
+// A thrown accept error answers with its status; anything else is a bug in the handler, logged
+// with its cause before the 500 it becomes.
+const answerThrown = (error: UnknownException) => {
+  const response = errorResponse(error.cause)
+  return response.status === 500
+    ? Effect.as(Effect.logError("The fetch handler failed; answered 500", Cause.die(error.cause)), response)
+    : Effect.succeed(response)
+}
+
+const callHandler = (handler: FetchHandler, request: Request) =>
+  Effect.catchAll(Effect.tryPromise(async () => handler(request)), answerThrown)
+
+/**
  * An app from a fetch handler. A handler that throws an error with an HTTP `status` (every
- * `accept` error has one) is answered with that status.
+ * `accept` error has one) is answered with that status; any other throw is logged and answered
+ * 500. A request that cannot become a fetch `Request` is answered 400 without calling it.
  *
  * @since 0.1.0
  * @category constructors
  */
 export const fromFetch = (handler: FetchHandler): HttpApp.Default<never, HttpServerRequest.HttpServerRequest> =>
-  Effect.gen(function*() {
-    const request = yield* HttpServerRequest.HttpServerRequest
-    const response = yield* HttpServerRequest.toWeb(request).pipe(
-      Effect.flatMap((webRequest) => Effect.tryPromise(async () => handler(webRequest))),
-      Effect.catchAll((error) => Effect.succeed(errorResponse(error.cause ?? error)))
-    )
-    return HttpServerResponse.fromWeb(response)
-  })
+  Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) =>
+    Effect.orElseSucceed(Effect.sandbox(HttpServerRequest.toWeb(request)), () => undefined).pipe(
+      Effect.flatMap((webRequest) => webRequest === undefined ? badRequest : callHandler(handler, webRequest)),
+      Effect.map(HttpServerResponse.fromWeb)
+    ))
 
 const answerUpgrade = (request: Request, response: HttpServerResponse.HttpServerResponse) => {
   const raw = rawUpgradeOf(request)!
   // Once accepted, the socket speaks WebSocket: the app's answer only signalled the upgrade.
   if (raw.upgraded) return Effect.void
-  return Effect.promise(() => writeResponse(raw.socket, HttpServerResponse.toWeb(response)))
+  return Effect.promise(() => writeResponse(raw.socket, HttpServerResponse.toWeb(response), request.method))
 }
 
-// Until ws takes the socket over, an error on it (a reset) must not go unhandled. Shared, not a
-// closure per socket.
-function destroyOnError(this: Duplex) {
-  this.destroy()
-}
+// What an app's failure answers, as @effect/platform's handler does; a 500 is a bug, logged.
+const respondToCause = (cause: Cause.Cause<unknown>) =>
+  Effect.flatMap(causeResponse(cause), ([response]) =>
+    response.status === 500
+      ? Effect.as(Effect.logError("The app failed on an upgrade; answered 500", cause), response)
+      : Effect.succeed(response))
+
+const upgradeListener = <E, R>(app: HttpApp.Default<E, R>, refusals: Refusals | undefined) =>
+  Effect.map(FiberSet.makeRuntime<Exclude<R, HttpServerRequest.HttpServerRequest>>(), (runFork) =>
+    (req: Http.IncomingMessage, socket: Duplex, head: Buffer) => {
+      // Until ws takes the socket over, an error on it (a reset) must not go unhandled.
+      socket.on("error", destroyThis)
+      const request = toWebRequest(req, socket, head)
+      if (request === undefined) return refuseUpgrade(socket, refusals)
+      runFork(
+        (app as HttpApp.Default<E, HttpServerRequest.HttpServerRequest>).pipe(
+          Effect.provideService(HttpServerRequest.HttpServerRequest, HttpServerRequest.fromWeb(request)),
+          Effect.catchAllCause(respondToCause),
+          Effect.flatMap((response) => answerUpgrade(request, response))
+        ) as Effect.Effect<void, never, Exclude<R, HttpServerRequest.HttpServerRequest>>
+      )
+    })
 
 /**
- * A listener for Node's `upgrade` event that runs the app on each upgrade.
+ * A listener for Node's `upgrade` event that runs the app on each upgrade. An upgrade a fetch
+ * `Request` cannot represent is answered 400 and closed without running the app.
  *
  * @since 0.1.0
  * @category constructors
@@ -89,18 +177,14 @@ function destroyOnError(this: Duplex) {
 export const makeUpgradeListener = <E, R>(
   app: HttpApp.Default<E, R>
 ): Effect.Effect<(req: Http.IncomingMessage, socket: Duplex, head: Buffer) => void, never, Scope.Scope | Exclude<R, HttpServerRequest.HttpServerRequest>> =>
-  Effect.map(FiberSet.makeRuntime<Exclude<R, HttpServerRequest.HttpServerRequest>>(), (runFork) =>
-    (req: Http.IncomingMessage, socket: Duplex, head: Buffer) => {
-      socket.on("error", destroyOnError)
-      const request = toWebRequest(req, socket, head)
-      runFork(
-        (app as HttpApp.Default<E, HttpServerRequest.HttpServerRequest>).pipe(
-          Effect.provideService(HttpServerRequest.HttpServerRequest, HttpServerRequest.fromWeb(request)),
-          Effect.catchAllCause((cause) => Effect.map(causeResponse(cause), ([response]) => response)),
-          Effect.flatMap((response) => answerUpgrade(request, response))
-        ) as Effect.Effect<void, never, Exclude<R, HttpServerRequest.HttpServerRequest>>
-      )
-    })
+  upgradeListener(app, undefined)
+
+const attachWith = <E, R>(server: Http.Server, app: HttpApp.Default<E, R>, refusals: Refusals | undefined) =>
+  Effect.flatMap(upgradeListener(app, refusals), (listener) =>
+    Effect.acquireRelease(
+      Effect.sync(() => server.on("upgrade", listener)),
+      () => Effect.sync(() => server.off("upgrade", listener))
+    ))
 
 /**
  * Adds the app's upgrade handling to an existing `http.Server` (Express and the like) for the
@@ -113,14 +197,12 @@ export const attach = <E, R>(
   server: Http.Server,
   app: HttpApp.Default<E, R>
 ): Effect.Effect<void, never, Scope.Scope | Exclude<R, HttpServerRequest.HttpServerRequest>> =>
-  Effect.flatMap(makeUpgradeListener(app), (listener) =>
-    Effect.acquireRelease(
-      Effect.sync(() => server.on("upgrade", listener)),
-      () => Effect.sync(() => server.off("upgrade", listener))
-    ))
+  attachWith(server, app, undefined)
 
 /**
- * Serves the app, upgrades included, until the scope closes.
+ * Serves the app, upgrades included, until the scope closes. Requests a fetch `Request` cannot
+ * represent are answered 400 before the app sees them, and a request head that takes longer than
+ * `headersTimeout` is answered 408; `stats` counts both.
  *
  * @since 0.1.0
  * @category constructors
@@ -128,23 +210,40 @@ export const attach = <E, R>(
 export const serve = <E, R>(
   app: HttpApp.Default<E, R>,
   options: ServeOptions = {}
-): Effect.Effect<NodeServer, ServeError, Scope.Scope | Exclude<R, HttpServerRequest.HttpServerRequest>> =>
+): Effect.Effect<
+  NodeServer,
+  ServeError | InvalidOptions,
+  Scope.Scope | Exclude<R, HttpServerRequest.HttpServerRequest>
+> =>
   Effect.gen(function*() {
+    const { headersTimeout } = yield* decode(ServeTimeouts, { headersTimeout: options.headersTimeout })
     const server = yield* Effect.acquireRelease(
-      Effect.sync(() => Http.createServer()),
+      Effect.sync(() =>
+        Http.createServer({
+          headersTimeout,
+          requestTimeout: Math.max(NODE_REQUEST_TIMEOUT, headersTimeout),
+          // Node checks the deadlines on this period (30 s by default): a second keeps them tight.
+          connectionsCheckingInterval: Math.min(1_000, headersTimeout)
+        })
+      ),
       (server) =>
         Effect.async<void>((resume) => {
           server.close(() => resume(Effect.void))
           server.closeIdleConnections()
         })
     )
+    const refusals = new Refusals()
     const handleRequest = yield* (NodeHttpServer.makeHandler(app) as Effect.Effect<
       (req: Http.IncomingMessage, res: Http.ServerResponse) => void,
       never,
       Exclude<R, HttpServerRequest.HttpServerRequest>
     >)
-    server.on("request", handleRequest)
-    yield* attach(server, app)
+    server.on("request", (req: Http.IncomingMessage, res: Http.ServerResponse) => {
+      if (requestUrl(req) === undefined) refusePlain(res, refusals)
+      else handleRequest(req, res)
+    })
+    server.on("clientError", (error: Error, socket: Duplex) => answerClientError(error, socket, refusals))
+    yield* attachWith(server, app, refusals)
     const hostname = options.hostname ?? "127.0.0.1"
     yield* Effect.async<void, ServeError>((resume) => {
       const onError = (cause: Error) => resume(Effect.fail(new ServeError({ cause })))
@@ -156,5 +255,9 @@ export const serve = <E, R>(
     })
     const port = (server.address() as AddressInfo).port
     const host = hostname.includes(":") ? `[${hostname}]` : hostname
-    return { server, port, hostname, url: `http://${host}:${port}` }
+    const stats = Effect.sync((): ServerStats => ({
+      badRequests: refusals.badRequests,
+      requestTimeouts: refusals.requestTimeouts
+    }))
+    return { server, port, hostname, url: `http://${host}:${port}`, stats }
   })

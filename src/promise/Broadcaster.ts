@@ -45,6 +45,7 @@ export class Broadcaster {
     this.service = service
   }
 
+  /** Throws `BroadcasterClosed` once the broadcaster is closed. */
   createChannel(name: string): Channel {
     const channel = runSync(this.service.createChannel(name))
     return {
@@ -56,7 +57,10 @@ export class Broadcaster {
     }
   }
 
-  /** Throws `NotAManagedSocket` for a socket no WebSocketManager accepted, or one not open. */
+  /**
+   * Throws `NotAManagedSocket` for a socket no WebSocketManager accepted, or one not open, and
+   * `BroadcasterClosed` once the broadcaster is closed.
+   */
   subscribe(socket: WebSocket, channel: string): void {
     runSync(this.service.subscribe(socket, channel))
   }
@@ -66,7 +70,10 @@ export class Broadcaster {
     return runSync(this.service.unsubscribe(socket, channel))
   }
 
-  /** Resolves with the number of sockets the message was written to. */
+  /**
+   * Resolves with the number of sockets the message was written to; rejects with
+   * `MessageEncodeError`, or `BroadcasterClosed` once the broadcaster is closed.
+   */
   broadcast(channel: string, message: unknown, options?: BroadcastOptions): Promise<number> {
     return runPromise(this.service.broadcast(channel, message, options))
   }
@@ -79,7 +86,10 @@ export class Broadcaster {
     return runSync(this.service.stats)
   }
 
-  /** Stops every channel's fiber. */
+  /**
+   * Delivers what was already broadcast, shuts every channel, and makes later `broadcast`,
+   * `subscribe` and `createChannel` calls fail with `BroadcasterClosed`.
+   */
   close(): Promise<void> {
     return runPromise(Scope.close(this.#scope, Exit.void))
   }

@@ -3,9 +3,10 @@
  *
  * @since 0.1.0
  */
-import { Effect, Exit, Scope } from "effect"
+import { Effect, Exit, Option, Scope } from "effect"
 import type WebSocket from "ws"
-import type { ConnectionContext } from "../Connection.js"
+import type { CloseInfo, ConnectionContext } from "../Connection.js"
+import { fromSocket } from "../Connection.js"
 import type { WebSocketManagerOptions } from "../options.js"
 import * as Core from "../WebSocketManager.js"
 import { buildInScope, runPromise, runSync } from "./runtime.js"
@@ -70,7 +71,19 @@ export class WebSocketManager {
     return runPromise(this.service.broadcast(message, filter))
   }
 
-  /** Resolves when every connection is gone. */
+  /**
+   * How a socket of this manager ended (`{ code, reason, end, error }`), once it has closed; known
+   * already inside the socket's own 'close' listeners. `undefined` while it is open, or for a
+   * socket the manager did not accept.
+   */
+  getCloseInfo(socket: WebSocket): CloseInfo | undefined {
+    return Option.getOrUndefined(fromSocket(socket))?.closeInfo
+  }
+
+  /**
+   * Resolves when every connection is gone. Rejects with `InvalidClose`, closing nothing, for a
+   * code or reason the protocol does not allow.
+   */
   close(code?: number, reason?: string): Promise<void> {
     return runPromise(Effect.zipRight(this.service.close(code, reason), Scope.close(this.#scope, Exit.void)))
   }

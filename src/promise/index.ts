@@ -8,6 +8,6 @@ export { type AcceptOptions, type AcceptResult, WebSocketManager } from "./WebSo
 export { Broadcaster, type BroadcastOptions, type Channel } from "./Broadcaster.js"
 export { WebSocketPool } from "./WebSocketPool.js"
 export type { BackendHealth, HealthEvent } from "../WebSocketPool.js"
-export { attach, type FetchHandler, serve, type Server, type ServeOptions } from "./serve.js"
+export { attach, type FetchHandler, serve, type Server, type ServerStats, type ServeOptions } from "./serve.js"
 export type { BroadcasterOptions, SlowConsumerPolicy, WebSocketManagerOptions, WebSocketPoolOptions } from "../options.js"
-export type { ConnectionContext } from "../Connection.js"
+export type { CloseInfo, ConnectionContext, ConnectionEnd } from "../Connection.js"

@@ -7,9 +7,9 @@ import { Effect, Exit, Scope } from "effect"
 import type * as Http from "node:http"
 import type { FetchHandler } from "../node/NodeServer.js"
 import * as NodeServer from "../node/NodeServer.js"
-import { runPromise } from "./runtime.js"
+import { runPromise, runSync } from "./runtime.js"
 
-export type { FetchHandler } from "../node/NodeServer.js"
+export type { FetchHandler, ServerStats } from "../node/NodeServer.js"
 
 /**
  * @since 0.1.0
@@ -28,6 +28,8 @@ export interface Server {
   readonly port: number
   readonly hostname: string
   readonly url: string
+  /** What the server refused before `fetch` saw it: bad requests (400, 431) and slow heads (408). */
+  getStats(): NodeServer.ServerStats
   /** Stops listening; resolves once the HTTP server is closed. */
   close(): Promise<void>
 }
@@ -43,14 +45,17 @@ const inScope = async <A, E>(effect: Effect.Effect<A, E, Scope.Scope>) => {
 }
 
 /**
- * Starts a Node HTTP server that hands every request, upgrades included, to `fetch`.
+ * Starts a Node HTTP server that hands every request, upgrades included, to `fetch`. Requests a
+ * fetch `Request` cannot represent are answered 400 without calling it; a request head slower
+ * than `headersTimeout` (10 s) is answered 408 and closed.
  *
  * @since 0.1.0
  * @category constructors
  */
 export const serve = async ({ fetch, ...options }: ServeOptions): Promise<Server> => {
   const { close, value } = await inScope(NodeServer.serve(NodeServer.fromFetch(fetch), options))
-  return { ...value, close }
+  const { hostname, port, server, stats, url } = value
+  return { server, port, hostname, url, getStats: () => runSync(stats), close }
 }
 
 /**
