@@ -209,10 +209,16 @@ export const make = (
     const fibers = yield* FiberSet.make<unknown, unknown>()
     const runFork = yield* FiberSet.runtime(fibers)<never>()
     let closing = false
+    // The same bounded fan-out as a Broadcaster channel's, with the `broadcast` option's bound and policy.
+    const fanOut = new FanOut(config.broadcast, broadcastMetrics)
 
     // Shared by every connection: no per-connection closure may be made inside `establish`, whose
     // scope (which a closure keeps alive whole) holds the upgrade request and its raw socket parts.
-    const unregister = (connection: ConnectionImpl) => registry.remove(connection, connection.reservation)
+    // A connection that goes lets its `broadcast` backlog go too (the fan-out would keep it forever).
+    const unregister = (connection: ConnectionImpl) => {
+      registry.remove(connection, connection.reservation)
+      fanOut.discard(connection)
+    }
     const heartbeat = config.heartbeatInterval > 0
       ? Heartbeat.make(config.heartbeatInterval, config.heartbeatTimeout)
       : () => Effect.never
@@ -314,9 +320,6 @@ export const make = (
         const reservation = yield* registry.reserve(raw.request.socket.remoteAddress ?? "")
         return yield* establish(request, raw, offered, protocol, reservation, acceptOptions?.handler)
       })
-
-    // The same bounded fan-out as a Broadcaster channel's, with the `broadcast` option's bound and policy.
-    const fanOut = new FanOut(config.broadcast, broadcastMetrics)
 
     const broadcast: WebSocketManager["broadcast"] = (message, filter) =>
       Effect.suspend(() => {

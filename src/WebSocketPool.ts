@@ -4,18 +4,17 @@
  * Each pooled connection is opened to a backend picked by the load-balancing strategy among the
  * healthy ones whose circuit is not open; opening retries with exponential backoff and jitter
  * while no backend answers, so a dead connection is replaced as soon as its backend is back.
- * Checkout is exclusive and scoped (`get`), or explicit (`checkout` / `release`) for the facade.
+ * Checkout is exclusive and scoped (`get`), or explicit (`checkout` / `release`) for the facade;
+ * every acquisition ends by its deadline, and an interrupted one leaves its connection to the pool.
  *
  * @since 0.1.0
  */
 import type { Scope } from "effect"
 import {
-  Cause,
   Context,
   Duration,
   Effect,
   Exit,
-  ExecutionStrategy,
   FiberId,
   Layer,
   Option,
@@ -93,8 +92,11 @@ export interface WebSocketPool {
   readonly checkout: Effect.Effect<WebSocket, AcquireError>
   /** Gives back a connection from `checkout`; `InvalidRelease` if it is not checked out. */
   readonly release: (connection: WebSocket) => Effect.Effect<void, InvalidRelease>
+  /** Connections checked out, a dead one included until it is released. */
   readonly activeCount: Effect.Effect<number>
+  /** Open connections nobody holds. */
   readonly idleCount: Effect.Effect<number>
+  /** Acquisitions not settled yet; each settles by `acquireTimeout` at the latest. */
   readonly waitingCount: Effect.Effect<number>
   /** Per backend id. */
   readonly health: Effect.Effect<Readonly<Record<string, BackendHealth>>>
@@ -124,31 +126,39 @@ const reconnectSchedule = Schedule.exponential(Duration.millis(50)).pipe(
 
 const VALIDATION_PING_TIMEOUT = 1_000
 
+/** Pings `socket` and calls `done` once: true on its pong, false after `timeoutMillis`. Returns a cancel. */
+const ping = (socket: WebSocket, timeoutMillis: number, done: (ok: boolean) => void) => {
+  const stop = () => {
+    clearTimeout(timer)
+    socket.off("pong", onPong)
+  }
+  const finish = (ok: boolean) => {
+    stop()
+    done(ok)
+  }
+  const onPong = () => finish(true)
+  const timer = setTimeout(() => finish(false), timeoutMillis)
+  socket.once("pong", onPong)
+  try {
+    socket.ping()
+  } catch {
+    finish(false)
+  }
+  return stop
+}
+
 const waitForPong = (socket: WebSocket, timeoutMillis: number) =>
-  Effect.async<boolean>((resume) => {
-    const onPong = () => done(true)
-    const timer = setTimeout(() => done(false), timeoutMillis)
-    const done = (ok: boolean) => {
-      clearTimeout(timer)
-      socket.off("pong", onPong)
-      resume(Effect.succeed(ok))
-    }
-    socket.once("pong", onPong)
-    try {
-      socket.ping()
-    } catch {
-      done(false)
-    }
-    return Effect.sync(() => done(false))
-  })
+  Effect.async<boolean>((resume) => Effect.sync(ping(socket, timeoutMillis, (ok) => resume(Effect.succeed(ok)))))
+
+// A pooled connection must not crash the process on a late error; its close is handled.
+const ignoreError = () => {}
 
 const openSocket = (backend: PoolBackend, timeoutMillis: number) =>
   Effect.async<WebSocket, BackendConnectFailed>((resume) => {
     const socket = new WebSocket(backend.url, { handshakeTimeout: timeoutMillis })
     const onOpen = () => {
       socket.off("error", onError)
-      // A pooled connection must not crash the process on a late error; its close is handled.
-      socket.on("error", () => {})
+      socket.on("error", ignoreError)
       resume(Effect.succeed(socket))
     }
     const onError = (cause: Error) => {
@@ -161,7 +171,7 @@ const openSocket = (backend: PoolBackend, timeoutMillis: number) =>
     return Effect.sync(() => {
       socket.off("open", onOpen)
       socket.off("error", onError)
-      socket.on("error", () => {})
+      socket.on("error", ignoreError)
       socket.terminate()
     })
   })
@@ -186,44 +196,11 @@ const probe = (backend: PoolBackend, config: WebSocketPoolConfig) => {
   )
 }
 
-/**
- * `effect` in a fiber of its own, failing with `onTimeout()` once `millis` have passed. Two
- * reasons not to use `Effect.timeout` here: it cost ~45 µs per call on the benchmark machine,
- * most of an acquisition, and it waits for the effect to be interrupted, while effect's Pool
- * waits uninterruptibly when it is opening a connection. The late fiber is interrupted and left
- * to finish on its own.
- */
-const withDeadline = <A, E, E2>(
-  effect: Effect.Effect<A, E>,
-  millis: number,
-  onTimeout: () => E2,
-  /** Called when the caller stops waiting, by timeout or interruption. */
-  abandon: () => void
-) =>
-  Effect.flatMap(Effect.forkDaemon(effect), (fiber) =>
-    Effect.async<A, E | E2>((resume) => {
-      let settled = false
-      const timer = setTimeout(() => {
-        if (settled) return
-        settled = true
-        abandon()
-        fiber.unsafeInterruptAsFork(FiberId.none)
-        resume(Effect.fail(onTimeout()))
-      }, millis)
-      fiber.addObserver((exit) => {
-        if (settled) return
-        settled = true
-        clearTimeout(timer)
-        resume(exit)
-      })
-      return Effect.sync(() => {
-        if (settled) return
-        settled = true
-        clearTimeout(timer)
-        abandon()
-        fiber.unsafeInterruptAsFork(FiberId.none)
-      })
-    }))
+/** A connection out of the pool, and the scope that gives it back when closed. */
+interface Taken {
+  readonly socket: WebSocket
+  readonly scope: Scope.CloseableScope
+}
 
 /**
  * @since 0.1.0
@@ -236,56 +213,74 @@ export const make = (options: WebSocketPoolOptions): Effect.Effect<WebSocketPool
       (backend) => new PoolBackend(backend.id, backend.url, backend.weight, config)
     )
     const backendIds = backends.map((backend) => backend.id)
-    const pick = makePicker(config.loadBalancing)
+    const pick = makePicker<PoolBackend>(config.loadBalancing)
     const backendBySocket = new WeakMap<WebSocket, PoolBackend>()
-    /** Open pooled connections. */
+    /** Open pooled connections, until they close or the pool drops them. */
     const live = new Set<WebSocket>()
+    /** Connections out of effect's Pool: being validated, or checked out. */
+    const taken = new Set<WebSocket>()
+    /** Connections checked out, a dead one included until it is given back. */
     const checkedOut = new Set<WebSocket>()
     const checkouts = new Map<WebSocket, Scope.CloseableScope>()
+    /** Acquisitions still waiting, each with what fails it with `PoolClosed`. */
+    const pending = new Set<() => void>()
     const healthEvents = yield* PubSub.unbounded<HealthEvent>()
-    let waiting = 0
+    const validationTimeout = Math.min(VALIDATION_PING_TIMEOUT, config.acquireTimeout || VALIDATION_PING_TIMEOUT)
     let closed = false
 
     const poolScope = yield* ScopeModule.make()
     const runFork = Runtime.runFork(yield* Effect.runtime<never>())
 
-    const connect = Effect.suspend((): Effect.Effect<
-      { readonly socket: WebSocket; readonly backend: PoolBackend },
-      NoHealthyBackend | BackendConnectFailed
-    > => {
+    /**
+     * A new pooled connection, registered as soon as it is open: closing the pool interrupts
+     * openings, and one interrupted after this point is closed by `close()` as an idle one.
+     */
+    const connect = Effect.suspend((): Effect.Effect<WebSocket, NoHealthyBackend | BackendConnectFailed> => {
       const available = backends.filter((backend) => backend.available)
       if (available.length === 0) return Effect.fail(new NoHealthyBackend({ backends: backendIds }))
       const backend = pick(available)
+      backend.connecting()
       return openSocket(backend, config.connectTimeout).pipe(
-        Effect.tapBoth({
-          onFailure: () => Effect.sync(() => backend.connectFailed()),
-          onSuccess: () => Effect.sync(() => backend.connectSucceeded())
-        }),
-        Effect.map((socket) => ({ socket, backend }))
+        Effect.onExit((exit) =>
+          Effect.sync(() => {
+            if (Exit.isSuccess(exit)) {
+              backend.connectSucceeded()
+              adopt(exit.value, backend)
+            } else if (Exit.isInterrupted(exit)) {
+              backend.connectAborted()
+            } else {
+              backend.connectFailed()
+            }
+          })
+        )
       )
     })
+
+    const adopt = (socket: WebSocket, backend: PoolBackend) => {
+      backendBySocket.set(socket, backend)
+      live.add(socket)
+      socket.once("close", onPooledClose)
+      if (closed) socket.close(1000)
+    }
 
     const forget = (socket: WebSocket) => {
       if (!live.delete(socket)) return
       backendBySocket.get(socket)!.open--
     }
 
+    // One close listener for every connection of the pool, rather than a closure per connection.
+    // A connection that dies leaves the pool, which opens a replacement if it is below min.
+    const onPooledClose = function(this: WebSocket) {
+      forget(this)
+      if (!closed) runFork(invalidate(this))
+    }
+
     const pool: Pool.Pool<WebSocket, NoHealthyBackend | BackendConnectFailed> = yield* ScopeModule.extend(
       Pool.makeWithTTL({
+        // Opening retries while no backend answers, so a dead connection is replaced as soon as
+        // its backend is back; it stays interruptible, so closing the pool stops it.
         acquire: Effect.acquireRelease(
-          Effect.retry(connect, reconnectSchedule).pipe(
-            Effect.map(({ backend, socket }) => {
-              backendBySocket.set(socket, backend)
-              live.add(socket)
-              backend.open++
-              // A connection that dies leaves the pool, which opens a replacement if it is below min.
-              socket.once("close", () => {
-                forget(socket)
-                if (!closed) runFork(invalidate(socket))
-              })
-              return socket
-            })
-          ),
+          Effect.interruptible(Effect.retry(connect, reconnectSchedule)),
           (socket) =>
             Effect.sync(() => {
               forget(socket)
@@ -303,100 +298,130 @@ export const make = (options: WebSocketPoolOptions): Effect.Effect<WebSocketPool
     // Pool.invalidate's type asks for a Scope it does not use.
     const invalidate = (socket: WebSocket) => Effect.scoped(Pool.invalidate(pool, socket))
 
+    /** Back to the pool when its scope closes; a connection that is no longer open, never. */
+    const giveBack = (socket: WebSocket) =>
+      Effect.suspend(() => {
+        taken.delete(socket)
+        checkedOut.delete(socket)
+        return socket.readyState === WebSocket.OPEN ? Effect.void : invalidate(socket)
+      })
+
     const validate = (socket: WebSocket) =>
       socket.readyState !== WebSocket.OPEN
         ? Effect.succeed(false)
         : config.validateOnCheckout
-        ? waitForPong(socket, Math.min(VALIDATION_PING_TIMEOUT, config.acquireTimeout || VALIDATION_PING_TIMEOUT))
+        ? waitForPong(socket, validationTimeout)
         : Effect.succeed(true)
 
-    const idleCount = () => {
-      let idle = 0
-      for (const socket of live) if (!checkedOut.has(socket)) idle++
-      return idle
-    }
+    type Restore = <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
 
-    /** Takes a connection from the pool into `itemScope`. */
-    const take = (itemScope: Scope.Scope) =>
-      ScopeModule.extend(Pool.get(pool), itemScope).pipe(
-        // Connecting retries until it succeeds, so the pool hands out no failed acquisitions.
-        Effect.orDie,
-        // The pool's shutdown interrupts its waiters: for a caller that is `PoolClosed`.
-        Effect.catchAllCause((cause) =>
-          closed && Cause.isInterruptedOnly(cause) ? Effect.fail(new PoolClosed()) : Effect.failCause(cause)
-        )
-      )
-
-    const markCheckedOut = (socket: WebSocket, itemScope: Scope.Scope) => {
-      const backend = backendBySocket.get(socket)!
-      checkedOut.add(socket)
-      backend.active++
-      return Effect.as(
-        ScopeModule.addFinalizer(
-          itemScope,
-          Effect.sync(() => {
-            checkedOut.delete(socket)
-            backend.active--
-            if (closed) socket.close(1000)
-          })
-        ),
-        socket
-      )
-    }
-
-    /**
-     * One checkout attempt into `parent`: a valid connection, or `undefined` after invalidating a
-     * dead one. A connection obtained after its caller gave up (`abandoned`) goes straight back.
-     */
-    const attempt = (parent: Scope.Scope, abandoned: { value: boolean }) =>
-      Effect.flatMap(ScopeModule.fork(parent, ExecutionStrategy.sequential), (itemScope) =>
-        take(itemScope).pipe(
-          Effect.flatMap((socket) =>
-            Effect.flatMap(validate(socket), (valid): Effect.Effect<WebSocket | undefined> =>
-              abandoned.value
-                ? Effect.interrupt
-                : valid
-                ? markCheckedOut(socket, itemScope)
-                : Effect.as(invalidate(socket), undefined)
+    /** One try: a valid connection, or `undefined` after giving back one that is not. */
+    const attempt = (restore: Restore) =>
+      Effect.flatMap(ScopeModule.make(), (scope) =>
+        restore(ScopeModule.extend(Pool.get(pool), scope)).pipe(
+          // Connecting retries until it succeeds, so the pool hands out no failed acquisitions.
+          Effect.orDie,
+          Effect.tap((socket) =>
+            Effect.zipRight(
+              ScopeModule.addFinalizer(scope, giveBack(socket)),
+              Effect.sync(() => taken.add(socket))
             )
           ),
+          Effect.flatMap((socket) =>
+            Effect.map(validate(socket), (valid): Taken | undefined => {
+              if (valid) {
+                checkedOut.add(socket)
+                return { socket, scope }
+              }
+              // It does not answer: terminated, so giving it back drops it.
+              socket.terminate()
+              return undefined
+            })
+          ),
           Effect.onExit((exit) =>
-            Exit.isSuccess(exit) && exit.value !== undefined ? Effect.void : ScopeModule.close(itemScope, exit)
+            Exit.isSuccess(exit) && exit.value !== undefined ? Effect.void : ScopeModule.close(scope, exit)
           )
         ))
 
-    const acquireInto = (parent: Scope.Scope): Effect.Effect<WebSocket, AcquireError> =>
-      Effect.suspend((): Effect.Effect<WebSocket, AcquireError> => {
-        if (closed) return Effect.fail(new PoolClosed())
-        if (!backends.some((backend) => backend.available)) {
-          return Effect.fail(new NoHealthyBackend({ backends: backendIds }))
-        }
-        const abandoned = { value: false }
-        const loop: Effect.Effect<WebSocket, PoolClosed> = Effect.flatMap(
-          attempt(parent, abandoned),
-          (socket) => socket === undefined ? loop : Effect.succeed(socket)
+    /**
+     * Tries until a valid connection is found. Interruptible only while effect's Pool makes it
+     * wait for a permit: once a connection is taken, the search ends with it (a validation runs
+     * to its end) and `found` gets it, to hand out or to give back.
+     */
+    const search = (found: (taken: Taken) => void): Effect.Effect<void> =>
+      Effect.uninterruptibleMask((restore) => {
+        const loop: Effect.Effect<void> = Effect.flatMap(
+          attempt(restore),
+          (got) => got === undefined ? loop : Effect.sync(() => found(got))
         )
-        // An idle connection is handed out at once: no deadline to keep.
-        if (idleCount() > 0) return loop
-        waiting++
-        return withDeadline(
-          loop,
-          config.acquireTimeout,
-          () => new PoolAcquireTimeout({ timeoutMillis: config.acquireTimeout }),
-          () => {
-            abandoned.value = true
-          }
-        ).pipe(Effect.ensuring(Effect.sync(() => waiting--)))
+        return loop
       })
 
-    const get = Effect.flatMap(Effect.scope, acquireInto)
+    const giveBackTaken = (got: Taken) => runFork(ScopeModule.close(got.scope, Exit.void))
 
-    const checkout = Effect.gen(function*() {
-      const scope = yield* ScopeModule.make()
-      const socket = yield* acquireInto(scope).pipe(Effect.onError((cause) => ScopeModule.close(scope, Exit.failCause(cause))))
-      checkouts.set(socket, scope)
-      return socket
+    /**
+     * A connection, or a typed failure by `acquireTimeout`. effect's Pool waits uninterruptibly
+     * while it opens a connection, so the search runs in a fiber of its own that the caller can
+     * leave: at its deadline, on `close()`, or when interrupted. A connection that fiber finds
+     * after its caller left goes straight back.
+     */
+    const acquire = Effect.suspend((): Effect.Effect<Taken, AcquireError> => {
+      if (closed) return Effect.fail(new PoolClosed())
+      if (!backends.some((backend) => backend.available)) {
+        return Effect.fail(new NoHealthyBackend({ backends: backendIds }))
+      }
+      return Effect.async<Taken, AcquireError>((resume) => {
+        let settled = false
+        /** What was handed to the caller, until the caller has it. */
+        let delivered: Taken | undefined
+        const settle = () => {
+          settled = true
+          pending.delete(onClose)
+          clearTimeout(timer)
+        }
+        const leave = () => {
+          settle()
+          fiber.unsafeInterruptAsFork(FiberId.none)
+        }
+        const onClose = () => {
+          leave()
+          resume(Effect.fail(new PoolClosed()))
+        }
+        pending.add(onClose)
+        const timer = setTimeout(() => {
+          leave()
+          resume(Effect.fail(new PoolAcquireTimeout({ timeoutMillis: config.acquireTimeout })))
+        }, config.acquireTimeout)
+        const fiber = runFork(search((got) => {
+          if (settled) return giveBackTaken(got)
+          settle()
+          delivered = got
+          resume(Effect.succeed(got))
+        }))
+        // The search ends without a connection only by a defect.
+        fiber.addObserver((exit) => {
+          if (settled || Exit.isSuccess(exit)) return
+          settle()
+          resume(Effect.failCause(exit.cause))
+        })
+        // A caller interrupted after its connection was handed over, but before it got it.
+        return Effect.sync(() => (settled ? delivered && giveBackTaken(delivered) : leave()))
+      })
     })
+
+    // Uninterruptible but for the wait: a connection handed to a caller interrupted at that
+    // moment is still given back by the caller's scope.
+    const get = Effect.uninterruptibleMask((restore) =>
+      Effect.flatMap(restore(acquire), ({ scope, socket }) =>
+        Effect.as(Effect.addFinalizer(() => ScopeModule.close(scope, Exit.void)), socket))
+    )
+
+    const checkout = Effect.uninterruptibleMask((restore) =>
+      Effect.map(restore(acquire), ({ scope, socket }) => {
+        checkouts.set(socket, scope)
+        return socket
+      })
+    )
 
     const release = (socket: WebSocket) =>
       Effect.suspend(() => {
@@ -408,17 +433,29 @@ export const make = (options: WebSocketPoolOptions): Effect.Effect<WebSocketPool
         return ScopeModule.close(scope, Exit.void)
       })
 
+    const isIdle = (socket: WebSocket) => !taken.has(socket) && socket.readyState === WebSocket.OPEN
+
+    const idleCount = () => {
+      let idle = 0
+      for (const socket of live) if (isIdle(socket)) idle++
+      return idle
+    }
+
     const health = Effect.sync(() => {
       const status: Record<string, BackendHealth> = {}
       for (const backend of backends) {
+        let active = 0
+        let idle = 0
+        for (const socket of checkedOut) if (backendBySocket.get(socket) === backend) active++
+        for (const socket of live) if (backendBySocket.get(socket) === backend && isIdle(socket)) idle++
         status[backend.id] = {
           healthy: backend.healthy,
           latency: backend.latency,
           lastCheck: backend.lastCheck,
           consecutiveFailures: backend.consecutiveFailures,
           circuit: backend.circuit,
-          active: backend.active,
-          idle: backend.open - backend.active
+          active,
+          idle
         }
       }
       return status
@@ -442,7 +479,8 @@ export const make = (options: WebSocketPoolOptions): Effect.Effect<WebSocketPool
     const close = Effect.suspend(() => {
       if (closed) return Effect.void
       closed = true
-      const idle = Array.from(live).filter((socket) => !checkedOut.has(socket))
+      for (const onClose of Array.from(pending)) onClose()
+      const idle = Array.from(live).filter((socket) => !taken.has(socket))
       for (const socket of idle) socket.close(1000)
       // The pool's own shutdown waits for checked-out connections; it finishes in the background.
       runFork(ScopeModule.close(poolScope, Exit.void))
@@ -465,7 +503,7 @@ export const make = (options: WebSocketPoolOptions): Effect.Effect<WebSocketPool
       release,
       activeCount: Effect.sync(() => checkedOut.size),
       idleCount: Effect.sync(idleCount),
-      waitingCount: Effect.sync(() => waiting),
+      waitingCount: Effect.sync(() => pending.size),
       health,
       healthChanges: Stream.fromPubSub(healthEvents),
       backendOf: (socket) => Option.fromNullable(backendBySocket.get(socket)?.id),

@@ -6,6 +6,7 @@
  * @since 0.1.0
  */
 import { Effect, Either, ParseResult, Schema } from "effect"
+import { createPublicKey } from "node:crypto"
 import { InvalidOptions } from "./errors.js"
 
 /** The longest delay a JavaScript timer honours; Node fires a longer one after 1 ms. */
@@ -51,9 +52,35 @@ export const JwtAlgorithm = Schema.Literal(
   "EdDSA", "Ed25519"
 )
 
+const keyTypes: Record<string, ReadonlyArray<string>> = {
+  RS: ["rsa"],
+  PS: ["rsa", "rsa-pss"],
+  ES: ["ec"],
+  Ed: ["ed25519", "ed448"]
+}
+
+/**
+ * Why `secret` cannot verify `algorithm`'s signatures, if it cannot: parsed now, so a bad key fails
+ * the options instead of refusing every upgrade later.
+ */
+const publicKeyProblem = (secret: unknown, algorithm: string): string | undefined => {
+  if (typeof secret !== "string") return `an ${algorithm} key is a PEM public key (SPKI) string`
+  let keyType: string | undefined
+  try {
+    keyType = createPublicKey(secret).asymmetricKeyType
+  } catch (cause) {
+    return `not a PEM public key: ${cause instanceof Error ? cause.message : String(cause)}`
+  }
+  return keyTypes[algorithm.slice(0, 2)]!.includes(keyType ?? "")
+    ? undefined
+    : `a ${keyType} key cannot verify ${algorithm} signatures`
+}
+
 /**
  * Authentication. Without `type` it is `'custom'`: `validator(request)` returns the user (an
- * object with `userId`, `id` or `sub`, or a user id string), or something falsy to refuse.
+ * object with `userId`, `id` or `sub`, or a user id string), or something falsy to refuse; a user
+ * without an id lets the request in anonymously. `required: false` lets a request without
+ * credentials in for `'api-key'` and `'jwt'`; a custom validator decides that itself.
  * For `'jwt'`, `context.userId` is the `userIdClaim` claim (`sub` by default).
  *
  * @since 0.1.0
@@ -76,8 +103,9 @@ export const AuthenticationOptions = Schema.Struct({
     if (auth.type === "jwt" && auth.secret === undefined) {
       return { path: ["secret"], message: "a JWT authentication needs a secret" }
     }
-    if (auth.type === "jwt" && !auth.algorithm.startsWith("HS") && typeof auth.secret !== "string") {
-      return { path: ["secret"], message: `an ${auth.algorithm} key is a PEM public key (SPKI) string` }
+    if (auth.type === "jwt" && !auth.algorithm.startsWith("HS")) {
+      const problem = publicKeyProblem(auth.secret, auth.algorithm)
+      if (problem !== undefined) return { path: ["secret"], message: problem }
     }
     if (auth.type === "jwt" && auth.algorithm.startsWith("HS")) {
       // RFC 7518 3.2: an HMAC key at least as long as the hash, so it cannot be guessed offline.

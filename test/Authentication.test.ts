@@ -145,23 +145,25 @@ describe("custom validator", () => {
     expect(await refusedStatus(url)).toBe(401)
   })
 
-  it("lets anonymous connections in when authentication is not required", async () => {
-    const { contexts, url } = await start({ required: false, validator: () => null })
+  it("lets a request in anonymously when the validator answers a user without an id", async () => {
+    const { contexts, url } = await start({ validator: () => ({ anonymous: true }) })
     await connect(url)
     expect(contexts[0]!.userId).toBeUndefined()
-    expect(contexts[0]!.user).toBeUndefined()
+    expect(contexts[0]!.user).toEqual({ anonymous: true })
   })
 
-  it("required: false still refuses (401) a credential the validator refuses, in any of the standard places", async () => {
-    const { contexts, errors, url } = await start({ required: false, validator: () => false })
+  it("a falsy answer refuses (401), also with required: false, wherever the credential was (a cookie too)", async () => {
+    const sessions: Record<string, string> = { good: "ann" }
+    const { contexts, errors, url } = await start({
+      required: false,
+      validator: (request: Request) => sessions[/session=(\w+)/.exec(request.headers.get("cookie") ?? "")?.[1] ?? ""]
+    })
+    expect(await refusedStatus(url, undefined, { headers: { cookie: "session=forged" } })).toBe(401)
     expect(await refusedStatus(url, undefined, bearer("forged"))).toBe(401)
-    expect(await refusedStatus(`${url}/?token=forged`)).toBe(401)
-    expect(await refusedStatus(url, ["bearer.forged"])).toBe(401)
-    expect(await refusedStatus(url, undefined, { headers: { authorization: "Basic Zm9vOmJhcg==" } })).toBe(401)
-    expect(errors.map((error) => (error as AuthenticationFailed).reason)).toEqual(Array(4).fill("InvalidCredentials"))
-    // Nothing presented: anonymous.
-    await connect(url)
-    expect(contexts).toHaveLength(1)
+    expect(await refusedStatus(url)).toBe(401)
+    expect(errors.map((error) => (error as AuthenticationFailed).reason)).toEqual(Array(3).fill("InvalidCredentials"))
+    await connect(url, undefined, { headers: { cookie: "session=good" } })
+    expect(contexts.map((context) => context.userId)).toEqual(["ann"])
   })
 
   it("required: false still refuses (401) when the validator throws or rejects, credentials or not", async () => {
@@ -392,12 +394,27 @@ describe("hostile credentials (jwt)", () => {
     expect(contexts.map((context) => context.userId)).toEqual(["ann"])
   })
 
-  it("a key that cannot be imported refuses every token as the server's fault (ValidatorFailed), not the client's", async () => {
-    const { errors, url } = await start({ type: "jwt", secret: "-----BEGIN PUBLIC KEY-----\nnot a key", algorithm: "ES256" })
-    const token = await sign({ sub: "ann" })
-    expect(await refusal(url, undefined, bearer(token))).toEqual({ status: 401, body: "Unauthorized" })
-    expect(await refusedStatus(url, undefined, bearer(token))).toBe(401)
-    expect(errors.map((error) => (error as AuthenticationFailed).reason)).toEqual(["ValidatorFailed", "ValidatorFailed"])
+  it("a key that cannot verify the algorithm fails the options (InvalidOptions on secret), not every upgrade later", async () => {
+    const refused = (authentication: Record<string, unknown>) => {
+      try {
+        new WebSocketManager({ authentication: authentication as any })
+      } catch (error) {
+        return { tag: (error as { _tag?: string })._tag, field: (error as { field?: string }).field }
+      }
+      return "accepted"
+    }
+    const invalidSecret = { tag: "InvalidOptions", field: "authentication.secret" }
+    expect(refused({ type: "jwt", secret: "-----BEGIN PUBLIC KEY-----\nnot a key", algorithm: "ES256" })).toEqual(invalidSecret)
+    const rsa = await Jose.exportSPKI((await Jose.generateKeyPair("RS256", { extractable: true })).publicKey)
+    expect(refused({ type: "jwt", secret: rsa, algorithm: "ES256" })).toEqual(invalidSecret)
+    expect(refused({ type: "jwt", secret: rsa, algorithm: "EdDSA" })).toEqual(invalidSecret)
+    expect(refused({ type: "jwt", secret: new Uint8Array(64), algorithm: "RS256" })).toEqual(invalidSecret)
+    const ec = await Jose.exportSPKI((await Jose.generateKeyPair("ES256", { extractable: true })).publicKey)
+    const ed = await Jose.exportSPKI((await Jose.generateKeyPair("EdDSA", { extractable: true })).publicKey)
+    for (const [secret, algorithm] of [[rsa, "RS256"], [rsa, "PS256"], [ec, "ES256"], [ed, "EdDSA"]]) {
+      const manager = new WebSocketManager({ authentication: { type: "jwt", secret, algorithm: algorithm as any } })
+      await manager.close()
+    }
   })
 
   it("expired and not-yet-valid tokens are refused", async () => {
@@ -629,7 +646,8 @@ describe("options", () => {
     expect(invalid({ type: "jwt", secret: "x".repeat(48), algorithm: "HS384" })).toBeUndefined()
     // Bytes, not characters: 16 two-byte characters are 32 bytes.
     expect(invalid({ type: "jwt", secret: "é".repeat(16) })).toBeUndefined()
-    expect(invalid({ type: "jwt", secret: "-----BEGIN PUBLIC KEY-----", algorithm: "ES256" })).toBeUndefined()
+    // A PEM is parsed when the options are: one that is no key fails them.
+    expect(invalid({ type: "jwt", secret: "-----BEGIN PUBLIC KEY-----", algorithm: "ES256" })).toBe("authentication.secret")
     expect(invalid({ type: "jwt", secret: new Uint8Array(64), algorithm: "HS512" })).toBeUndefined()
   })
 })

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "@effect/vitest"
-import { Chunk, Effect, Fiber, Option, Stream } from "effect"
-import { WebSocketPool } from "effect-websocket-manager"
+import { Cause, Chunk, Duration, Effect, Exit, Fiber, Option, Runtime, Stream } from "effect"
+import { PoolAcquireTimeout, WebSocketPool } from "effect-websocket-manager"
 import WebSocket from "ws"
 import { startBackend } from "./utils/backends.js"
 import { eventually, nextMessage } from "./utils/index.js"
@@ -30,6 +30,67 @@ describe("WebSocketPool (Effect API)", () => {
       expect(socket.readyState).toBe(WebSocket.OPEN)
       // A connection from a scoped `get` is not released by hand.
       expect((yield* Effect.flip(pool.release(socket)))._tag).toBe("InvalidRelease")
+    }))
+
+  it.scopedLive("two gets in one tick for the one idle connection: the loser waits, counted, and fails at its deadline", () =>
+    Effect.gen(function*() {
+      const b1 = yield* backend
+      const pool = yield* WebSocketPool.make({ url: b1.url, maxConnections: 1, acquireTimeout: 800 })
+      yield* Effect.scoped(pool.get)
+      expect(yield* pool.idleCount).toBe(1)
+      const holdFor = (millis: number) => Effect.scoped(Effect.zipLeft(pool.get, Effect.sleep(Duration.millis(millis))))
+      // Two callers from outside any fiber, in one tick (two requests of a server, say).
+      const run = Runtime.runFork(yield* Effect.runtime<never>())
+      const fibers = [run(holdFor(1_600)), run(holdFor(1_600))]
+      yield* Effect.promise(() => eventually(() => Effect.runSync(pool.activeCount) === 1, 2_000))
+      expect([yield* pool.activeCount, yield* pool.idleCount, yield* pool.waitingCount]).toEqual([1, 0, 1])
+      // A hang fails the test here rather than at the test timeout.
+      const exits = yield* Effect.forEach(fibers, Fiber.await).pipe(
+        Effect.timeoutFail({ duration: "5 seconds", onTimeout: () => "hang" })
+      )
+      expect(exits.filter(Exit.isSuccess)).toHaveLength(1)
+      expect(exits.flatMap((exit) => Exit.isFailure(exit) ? [Cause.squash(exit.cause)] : [])).toEqual([
+        new PoolAcquireTimeout({ timeoutMillis: 800 })
+      ])
+      expect([yield* pool.activeCount, yield* pool.waitingCount]).toEqual([0, 0])
+    }))
+
+  it.scopedLive("a get interrupted while its connection is opening leaves the connection to the pool, not checked out", () =>
+    Effect.gen(function*() {
+      const b1 = yield* backend
+      b1.handshakeDelay = 300
+      const pool = yield* WebSocketPool.make({ url: b1.url, maxConnections: 1, acquireTimeout: 5_000 })
+      const timedOut = yield* Effect.scoped(pool.get).pipe(Effect.timeout("50 millis"), Effect.flip)
+      expect(timedOut._tag).toBe("TimeoutException")
+      expect([yield* pool.activeCount, yield* pool.idleCount, yield* pool.waitingCount]).toEqual([0, 0, 0])
+      yield* Effect.promise(() => eventually(() => Effect.runSync(pool.idleCount) === 1, 3_000, "the connection to open"))
+      expect(yield* pool.activeCount).toBe(0)
+      const socket = yield* Effect.scoped(Effect.tap(pool.get, (socket) => Effect.sync(() => socket.send("late?"))))
+      expect(yield* Effect.promise(() => nextMessage(socket))).toBe("late?")
+      expect(b1.accepted).toBe(1)
+      // Interrupted at any point of a checkout, nothing stays checked out.
+      b1.handshakeDelay = 0
+      for (const millis of [0, 1, 2, 5]) {
+        yield* Effect.scoped(Effect.zipRight(pool.get, Effect.never)).pipe(Effect.timeout(Duration.millis(millis)), Effect.ignore)
+        expect(yield* pool.activeCount).toBe(0)
+      }
+      expect([yield* pool.idleCount, yield* pool.waitingCount]).toEqual([1, 0])
+    }))
+
+  it.scopedLive("a get that leaves while its connection is being validated: the connection goes back once it answers", () =>
+    Effect.gen(function*() {
+      const b1 = yield* backend
+      const pool = yield* WebSocketPool.make({ url: b1.url, minConnections: 1, maxConnections: 1, validateOnCheckout: true })
+      yield* Effect.promise(() => eventually(() => Effect.runSync(pool.idleCount) === 1, 3_000))
+      const [serverSide] = b1.sockets
+      // The pong is late: the caller leaves first, the ping is answered after.
+      ;(serverSide as any)._socket.pause()
+      const left = yield* Effect.scoped(pool.get).pipe(Effect.timeout("50 millis"), Effect.flip)
+      expect(left._tag).toBe("TimeoutException")
+      ;(serverSide as any)._socket.resume()
+      yield* Effect.promise(() => eventually(() => Effect.runSync(pool.idleCount) === 1, 3_000, "the connection back"))
+      expect([yield* pool.activeCount, yield* pool.waitingCount]).toEqual([0, 0])
+      expect(b1.accepted).toBe(1)
     }))
 
   it.scopedLive("streams health changes and lets services catch typed errors", () =>

@@ -3,6 +3,7 @@
  * slow socket's send buffer, the slow-consumer policies, and framing once per broadcast.
  */
 import { Effect, Metric } from "effect"
+import { randomBytes } from "node:crypto"
 import { afterEach, describe, expect, it, vi } from "vitest"
 import * as WS from "ws"
 import WebSocket from "ws"
@@ -272,5 +273,72 @@ describe("drop-oldest keeps exactly the newest maxQueuedMessages", () => {
     // The manager has no unsubscribe: the socket's close lets its backlog go.
     await eventually(() => counter(Manager.broadcastMetrics.dropped) - dropped === 3, 5_000, "the manager's backlog to go")
     expect(stayer.client.readyState).toBe(WebSocket.OPEN)
+  })
+})
+
+describe("a drop-oldest backlog is written as soon as the socket can take it", () => {
+  // Below the TCP stream's high-water mark (16 KiB) no 'drain' is due: the backlog must not wait for a later broadcast.
+  const bound = 1000
+
+  const pausedWithBacklog = async (publish: (message: string) => Promise<unknown>, backlogged: () => boolean) => {
+    const sent: Array<string> = []
+    for (let n = 0; n < 2000 && !backlogged(); n++) {
+      sent.push(`${n}`)
+      await publish(`${n}:${"x".repeat(10_000)}`)
+      await new Promise((resolve) => setImmediate(resolve))
+    }
+    expect(backlogged()).toBe(true)
+    return sent
+  }
+
+  it("in a Broadcaster channel, when the client reads again", async () => {
+    const { broadcaster, connect } = await setup({}, { policy: "drop-oldest", maxBackpressure: bound, maxQueuedMessages: 8 })
+    const { client } = await connect()
+    rawSocketOf(client).pause()
+    const sent = await pausedWithBacklog(
+      (message) => broadcaster.broadcast("feed", message),
+      () => broadcaster.getStats().channels.feed!.backlogged === 1
+    )
+    const labels = labelsUntil(client, sent.at(-1)!)
+    rawSocketOf(client).resume()
+    const received = await labels
+    expect(received.slice(-8)).toEqual(sent.slice(-8))
+    const stats = broadcaster.getStats().channels.feed!
+    expect(stats).toMatchObject({ backlogged: 0, delivered: received.length })
+    expect(stats.delivered + stats.dropped).toBe(sent.length)
+  })
+
+  it("with permessage-deflate, for a burst to a client that reads all along", async () => {
+    const { broadcaster, connect } = await setup(
+      { compression: { enabled: true, threshold: 0 } },
+      { policy: "drop-oldest", maxBackpressure: 64 * 1024, maxQueuedMessages: 64 }
+    )
+    const { client } = await connect({ perMessageDeflate: true })
+    // Random text compresses poorly: the burst sits in ws's compression queue, over the bound, before any TCP write.
+    const burst = Array.from({ length: 30 }, (_, n) => `${n}:${randomBytes(8 * 1024).toString("base64")}`)
+    const labels = labelsUntil(client, "29")
+    await Promise.all(burst.map((message) => broadcaster.broadcast("feed", message)))
+    expect(await labels).toEqual(burst.map((_, n) => `${n}`))
+    expect(broadcaster.getStats().channels.feed).toMatchObject({ backlogged: 0, delivered: 30, dropped: 0 })
+  })
+
+  it("in manager.broadcast, and a socket that goes has every message it was offered accounted for", async () => {
+    const { connect, harness } = await setup({ broadcast: { policy: "drop-oldest", maxBackpressure: bound, maxQueuedMessages: 8 } })
+    const { client } = await connect()
+    const delivered = counter(Manager.broadcastMetrics.delivered)
+    const dropped = counter(Manager.broadcastMetrics.dropped)
+    rawSocketOf(client).pause()
+    let sent = 0
+    for (; sent < 2000; sent++) {
+      await harness.manager.broadcast(`${sent}:${"x".repeat(10_000)}`)
+      await new Promise((resolve) => setImmediate(resolve))
+    }
+    client.terminate()
+    await eventually(() => harness.manager.getActiveConnections() === 0)
+    await eventually(
+      () => counter(Manager.broadcastMetrics.delivered) - delivered + counter(Manager.broadcastMetrics.dropped) - dropped === sent,
+      5_000,
+      "delivered + dropped to account for every message"
+    )
   })
 })

@@ -140,16 +140,10 @@ const identify = (
   request: Request,
   offeredProtocols: ReadonlyArray<string>
 ): Effect.Effect<Identity | undefined, AuthenticationFailed> => {
-  if (config.type === "custom") {
-    // The validator sees the whole request, so it cannot say "nothing presented": with
-    // `required: false` its refusal lets the request in anonymously only when no standard place
-    // (Authorization header, `token` parameter, `bearer.` entry) holds a credential.
-    return Effect.flatMap(callValidator(() => config.validator!(request)), (identity) =>
-      identity !== undefined ||
-        (!config.required && findCredential(request, "authorization", offeredProtocols) === undefined)
-        ? Effect.succeed(identity)
-        : Effect.fail(refused()))
-  }
+  // The validator sees the whole request (a cookie, any header), so only it knows whether a
+  // credential was there: its falsy answer is a refusal, whatever `required` says. It lets a request
+  // in anonymously by answering a user without an id.
+  if (config.type === "custom") return orRefuse(callValidator(() => config.validator!(request)))
   const credential = findCredential(
     request,
     config.type === "jwt" ? "authorization" : config.header,

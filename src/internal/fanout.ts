@@ -17,10 +17,15 @@ import type { Encoded } from "./encode.js"
 /** WebSocket close code for a policy violation (RFC 6455 §7.4.1). */
 const CLOSE_POLICY_VIOLATION = 1008
 
+const EMPTY = Buffer.alloc(0)
+
+/** How often a backlog over its bound only through ws's compression queue looks again (zlib takes ms). */
+const COMPRESSION_RECHECK_MILLIS = 2
+
 /** Who gets a message: every target, or only the targets in the set. */
 export type Audience = true | ReadonlySet<ConnectionImpl>
 
-/** A `'drop-oldest'` backlog, and whether listeners wait to flush it. */
+/** A `'drop-oldest'` backlog, and whether a wake-up is due to flush it. */
 interface Backlog {
   readonly messages: Array<Encoded>
   armed: boolean
@@ -151,21 +156,32 @@ export class FanOut {
   }
 
   /**
-   * One pair of listeners per backlog at most, however many messages arrive while it waits: the
-   * drain flushes it, and a socket that closes instead lets it go (it would never drain).
+   * One wake-up per backlog at most, however many messages arrive while it waits. A socket that
+   * closes instead lets its backlog go (it would never drain).
+   *
+   * `'drain'` fires only after a write that went past the TCP stream's high-water mark; a bound
+   * below it, or bytes still in ws's compression queue, would otherwise leave accepted messages
+   * waiting for the next broadcast. Hence: the drain when one is due, else the callback of an
+   * empty write (it runs once everything before it has reached the kernel, i.e. when the peer
+   * reads), else a short timer while only the compression queue is over the bound.
    */
   private flushLater(connection: ConnectionImpl, backlog: Backlog): void {
-    const raw = Encode.rawSocketOf(connection.socket)
-    if (backlog.armed || !raw.writableNeedDrain) return
+    if (backlog.armed) return
     backlog.armed = true
-    const onDrainOrClose = () => {
-      raw.off("drain", onDrainOrClose)
-      raw.off("close", onDrainOrClose)
+    const raw = Encode.rawSocketOf(connection.socket)
+    let woken = false
+    const wake = () => {
+      if (woken) return
+      woken = true
+      raw.off("drain", wake)
+      raw.off("close", wake)
       backlog.armed = false
       this.counted(() => this.flush(connection, backlog))
     }
-    raw.once("drain", onDrainOrClose)
-    raw.once("close", onDrainOrClose)
+    raw.once("close", wake)
+    if (raw.writableNeedDrain) raw.once("drain", wake)
+    else if (raw.writableLength > 0) raw.write(EMPTY, wake)
+    else setTimeout(wake, COMPRESSION_RECHECK_MILLIS)
   }
 
   /**

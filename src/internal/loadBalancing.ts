@@ -1,13 +1,17 @@
 /**
  * Picks the backend for each new connection among those available.
  */
-import type { PoolBackend } from "./poolBackend.js"
-
 export type Strategy = "round-robin" | "least-connections" | "weighted-round-robin" | "random"
 
-type Picker = (available: ReadonlyArray<PoolBackend>) => PoolBackend
+/** What a strategy looks at: a backend's connections (open or opening) and its weight. */
+export interface Balanced {
+  readonly open: number
+  readonly weight: number
+}
 
-export const makePicker = (strategy: Strategy): Picker => {
+export type Picker<B extends Balanced> = (available: ReadonlyArray<B>) => B
+
+export const makePicker = <B extends Balanced>(strategy: Strategy): Picker<B> => {
   switch (strategy) {
     case "round-robin": {
       let next = 0
@@ -19,10 +23,10 @@ export const makePicker = (strategy: Strategy): Picker => {
       return (available) => available[Math.floor(Math.random() * available.length)]!
     case "weighted-round-robin": {
       // Smooth weighted round robin (as nginx does it): spreads a heavy backend's turns out.
-      const current = new Map<PoolBackend, number>()
+      const current = new Map<B, number>()
       return (available) => {
         let total = 0
-        let best: PoolBackend | undefined
+        let best: B | undefined
         for (const backend of available) {
           const value = (current.get(backend) ?? 0) + backend.weight
           current.set(backend, value)

@@ -19,9 +19,10 @@ export class PoolBackend {
   private connectFailures = 0
   private openedAt = 0
   private circuitState: CircuitState = "closed"
-  /** Open connections to this backend, and how many of them are checked out. */
+  /** Whether the one trial connection a half-open circuit lets through is under way. */
+  private trial = false
+  /** Connections to this backend, open or opening (what least-connections compares). */
   open = 0
-  active = 0
 
   constructor(
     readonly id: string,
@@ -37,21 +38,38 @@ export class PoolBackend {
     return this.circuitState
   }
 
-  /** Whether a new connection may be opened to it (a half-open circuit lets trial connections through). */
+  /** Whether a new connection may be opened to it (a half-open circuit lets one trial through). */
   get available(): boolean {
-    return this.healthy && this.circuit !== "open"
+    const circuit = this.circuit
+    return this.healthy && (circuit === "closed" || (circuit === "half-open" && !this.trial))
+  }
+
+  /** A connection to it is being opened. */
+  connecting(): void {
+    this.open++
+    if (this.circuit === "half-open") this.trial = true
   }
 
   connectSucceeded(): void {
+    this.trial = false
     this.connectFailures = 0
     this.circuitState = "closed"
   }
 
+  /** Opening was given up before it finished (the pool closed): not the backend's fault. */
+  connectAborted(): void {
+    this.open--
+    this.trial = false
+  }
+
   connectFailed(): void {
+    this.open--
+    this.trial = false
     const breaker = this.config.circuitBreaker
     if (!breaker.enabled) return
     this.connectFailures++
-    if (this.circuit === "half-open" || this.connectFailures >= breaker.failureThreshold) {
+    // Only a success resets the count: a failed half-open trial is over the threshold and reopens.
+    if (this.connectFailures >= breaker.failureThreshold) {
       this.circuitState = "open"
       this.openedAt = Date.now()
     }
