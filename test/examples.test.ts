@@ -31,7 +31,8 @@ const start = (args: Array<string>) => {
       child.stdout!.on("data", onOutput)
       child.stderr!.on("data", onOutput)
     }),
-    15_000,
+    // tsx compiles the example on start: seconds on a loaded 2-core machine.
+    30_000,
     `${args.at(-1)} to start`
   )
 }
