@@ -214,11 +214,7 @@ export const make = (
 
     // Shared by every connection: no per-connection closure may be made inside `establish`, whose
     // scope (which a closure keeps alive whole) holds the upgrade request and its raw socket parts.
-    // A connection that goes lets its `broadcast` backlog go too (the fan-out would keep it forever).
-    const unregister = (connection: ConnectionImpl) => {
-      registry.remove(connection, connection.reservation)
-      fanOut.discard(connection)
-    }
+    const unregister = (connection: ConnectionImpl) => registry.remove(connection, connection.reservation)
     const heartbeat = config.heartbeatInterval > 0
       ? Heartbeat.make(config.heartbeatInterval, config.heartbeatTimeout)
       : () => Effect.never

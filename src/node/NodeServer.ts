@@ -107,7 +107,7 @@ const NODE_REQUEST_TIMEOUT = 300_000
 
 const badRequest = Effect.sync(() => {
   countBadRequest(undefined)
-  return new Response(Http.STATUS_CODES[400], { status: 400, headers: { "content-type": "text/plain; charset=utf-8" } })
+  return errorResponse({ status: 400 })
 })
 
 // A thrown accept error answers with its status; anything else is a bug in the handler, logged
