@@ -26,11 +26,13 @@ import {
   Stream
 } from "effect"
 import WebSocket from "ws"
-import type { InvalidOptions } from "./errors.js"
-import { BackendConnectFailed, InvalidRelease, NoHealthyBackend, PoolAcquireTimeout, PoolClosed } from "./errors.js"
+import type { BackendConnectFailed, InvalidOptions } from "./errors.js"
+import { InvalidRelease, NoHealthyBackend, PoolAcquireTimeout, PoolClosed } from "./errors.js"
+import { Admission } from "./internal/admission.js"
 import { makePicker } from "./internal/loadBalancing.js"
 import type { CircuitState, HealthChange } from "./internal/poolBackend.js"
 import { PoolBackend } from "./internal/poolBackend.js"
+import * as PoolSocket from "./internal/poolSocket.js"
 import type { WebSocketPoolConfig, WebSocketPoolOptions } from "./options.js"
 import { decode, WebSocketPoolOptions as WebSocketPoolOptionsSchema } from "./options.js"
 
@@ -126,80 +128,14 @@ const reconnectSchedule = Schedule.exponential(Duration.millis(50)).pipe(
 
 const VALIDATION_PING_TIMEOUT = 1_000
 
-/** Pings `socket` and calls `done` once: true on its pong, false after `timeoutMillis`. Returns a cancel. */
-const ping = (socket: WebSocket, timeoutMillis: number, done: (ok: boolean) => void) => {
-  const stop = () => {
-    clearTimeout(timer)
-    socket.off("pong", onPong)
-  }
-  const finish = (ok: boolean) => {
-    stop()
-    done(ok)
-  }
-  const onPong = () => finish(true)
-  const timer = setTimeout(() => finish(false), timeoutMillis)
-  socket.once("pong", onPong)
-  try {
-    socket.ping()
-  } catch {
-    finish(false)
-  }
-  return stop
-}
-
-const waitForPong = (socket: WebSocket, timeoutMillis: number) =>
-  Effect.async<boolean>((resume) => Effect.sync(ping(socket, timeoutMillis, (ok) => resume(Effect.succeed(ok)))))
-
-// A pooled connection must not crash the process on a late error; its close is handled.
-const ignoreError = () => {}
-
-const openSocket = (backend: PoolBackend, timeoutMillis: number) =>
-  Effect.async<WebSocket, BackendConnectFailed>((resume) => {
-    const socket = new WebSocket(backend.url, { handshakeTimeout: timeoutMillis })
-    const onOpen = () => {
-      socket.off("error", onError)
-      socket.on("error", ignoreError)
-      resume(Effect.succeed(socket))
-    }
-    const onError = (cause: Error) => {
-      socket.off("open", onOpen)
-      socket.terminate()
-      resume(Effect.fail(new BackendConnectFailed({ backend: backend.id, cause })))
-    }
-    socket.once("open", onOpen)
-    socket.once("error", onError)
-    return Effect.sync(() => {
-      socket.off("open", onOpen)
-      socket.off("error", onError)
-      socket.on("error", ignoreError)
-      socket.terminate()
-    })
-  })
-
-/** A backend's health check: an HTTP GET of `path`, or a ping round trip on a fresh connection. */
-const probe = (backend: PoolBackend, config: WebSocketPoolConfig) => {
-  const { path, timeout } = config.healthCheck
-  const started = Date.now()
-  const check: Effect.Effect<boolean, unknown> = path !== undefined
-    ? Effect.tryPromise(() =>
-      fetch(new URL(path, backend.url.replace(/^ws/, "http")), { signal: AbortSignal.timeout(timeout) })
-    ).pipe(Effect.map((response) => response.status < 500))
-    : Effect.acquireUseRelease(
-      openSocket(backend, timeout),
-      (socket) => waitForPong(socket, timeout),
-      (socket) => Effect.sync(() => socket.terminate())
-    )
-  return check.pipe(
-    Effect.timeout(Duration.millis(timeout)),
-    Effect.orElseSucceed(() => false),
-    Effect.map((ok) => ({ ok, latency: Date.now() - started }))
-  )
-}
-
-/** A connection out of the pool, and the scope that gives it back when closed. */
-interface Taken {
+/**
+ * A connection out of effect's Pool, and the scope that gives it back when closed. While it is
+ * validated nobody holds it; then its holder is a scoped `get` or a `checkout` (which `release` ends).
+ */
+interface Loan {
   readonly socket: WebSocket
   readonly scope: Scope.CloseableScope
+  holder: "validating" | "get" | "checkout"
 }
 
 /**
@@ -217,15 +153,15 @@ export const make = (options: WebSocketPoolOptions): Effect.Effect<WebSocketPool
     const backendBySocket = new WeakMap<WebSocket, PoolBackend>()
     /** Open pooled connections, until they close or the pool drops them. */
     const live = new Set<WebSocket>()
-    /** Connections out of effect's Pool: being validated, or checked out. */
-    const taken = new Set<WebSocket>()
-    /** Connections checked out, a dead one included until it is given back. */
-    const checkedOut = new Set<WebSocket>()
-    const checkouts = new Map<WebSocket, Scope.CloseableScope>()
-    /** Acquisitions still waiting, each with what fails it with `PoolClosed`. */
-    const pending = new Set<() => void>()
+    /** The one record of what is out of effect's Pool: every other count derives from it. */
+    const loans = new Map<WebSocket, Loan>()
+    const admission = new Admission(config.maxConnections)
+    /** Acquisitions searching in a fiber of their own, each with what fails it with `PoolClosed`. */
+    const searching = new Set<() => void>()
+    /** Idle connections that fast-path acquisitions are about to take. */
+    let claimed = 0
     const healthEvents = yield* PubSub.unbounded<HealthEvent>()
-    const validationTimeout = Math.min(VALIDATION_PING_TIMEOUT, config.acquireTimeout || VALIDATION_PING_TIMEOUT)
+    const validationTimeout = Math.min(VALIDATION_PING_TIMEOUT, config.acquireTimeout)
     let closed = false
 
     const poolScope = yield* ScopeModule.make()
@@ -240,7 +176,7 @@ export const make = (options: WebSocketPoolOptions): Effect.Effect<WebSocketPool
       if (available.length === 0) return Effect.fail(new NoHealthyBackend({ backends: backendIds }))
       const backend = pick(available)
       backend.connecting()
-      return openSocket(backend, config.connectTimeout).pipe(
+      return PoolSocket.open(backend, config.connectTimeout).pipe(
         Effect.onExit((exit) =>
           Effect.sync(() => {
             if (Exit.isSuccess(exit)) {
@@ -298,11 +234,10 @@ export const make = (options: WebSocketPoolOptions): Effect.Effect<WebSocketPool
     // Pool.invalidate's type asks for a Scope it does not use.
     const invalidate = (socket: WebSocket) => Effect.scoped(Pool.invalidate(pool, socket))
 
-    /** Back to the pool when its scope closes; a connection that is no longer open, never. */
+    /** Back to the pool when its loan's scope closes; a connection that is no longer open, never. */
     const giveBack = (socket: WebSocket) =>
       Effect.suspend(() => {
-        taken.delete(socket)
-        checkedOut.delete(socket)
+        loans.delete(socket)
         return socket.readyState === WebSocket.OPEN ? Effect.void : invalidate(socket)
       })
 
@@ -310,7 +245,7 @@ export const make = (options: WebSocketPoolOptions): Effect.Effect<WebSocketPool
       socket.readyState !== WebSocket.OPEN
         ? Effect.succeed(false)
         : config.validateOnCheckout
-        ? waitForPong(socket, validationTimeout)
+        ? PoolSocket.answersPing(socket, validationTimeout)
         : Effect.succeed(true)
 
     type Restore = <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
@@ -324,15 +259,12 @@ export const make = (options: WebSocketPoolOptions): Effect.Effect<WebSocketPool
           Effect.tap((socket) =>
             Effect.zipRight(
               ScopeModule.addFinalizer(scope, giveBack(socket)),
-              Effect.sync(() => taken.add(socket))
+              Effect.sync(() => loans.set(socket, { socket, scope, holder: "validating" }))
             )
           ),
           Effect.flatMap((socket) =>
-            Effect.map(validate(socket), (valid): Taken | undefined => {
-              if (valid) {
-                checkedOut.add(socket)
-                return { socket, scope }
-              }
+            Effect.map(validate(socket), (valid): Loan | undefined => {
+              if (valid) return loans.get(socket)
               // It does not answer: terminated, so giving it back drops it.
               socket.terminate()
               return undefined
@@ -348,7 +280,7 @@ export const make = (options: WebSocketPoolOptions): Effect.Effect<WebSocketPool
      * wait for a permit: once a connection is taken, the search ends with it (a validation runs
      * to its end) and `found` gets it, to hand out or to give back.
      */
-    const search = (found: (taken: Taken) => void): Effect.Effect<void> =>
+    const search = (found: (loan: Loan) => void): Effect.Effect<void> =>
       Effect.uninterruptibleMask((restore) => {
         const loop: Effect.Effect<void> = Effect.flatMap(
           attempt(restore),
@@ -357,26 +289,22 @@ export const make = (options: WebSocketPoolOptions): Effect.Effect<WebSocketPool
         return loop
       })
 
-    const giveBackTaken = (got: Taken) => runFork(ScopeModule.close(got.scope, Exit.void))
+    const closeLoan = (loan: Loan) => ScopeModule.close(loan.scope, Exit.void)
 
     /**
-     * A connection, or a typed failure by `acquireTimeout`. effect's Pool waits uninterruptibly
-     * while it opens a connection, so the search runs in a fiber of its own that the caller can
-     * leave: at its deadline, on `close()`, or when interrupted. A connection that fiber finds
-     * after its caller left goes straight back.
+     * A connection by `deadline`, or a typed failure. effect's Pool waits uninterruptibly while it
+     * opens a connection, so the search runs in a fiber of its own that the caller can leave: at
+     * its deadline, on `close()`, or when interrupted. A connection that fiber finds after its
+     * caller left goes straight back.
      */
-    const acquire = Effect.suspend((): Effect.Effect<Taken, AcquireError> => {
-      if (closed) return Effect.fail(new PoolClosed())
-      if (!backends.some((backend) => backend.available)) {
-        return Effect.fail(new NoHealthyBackend({ backends: backendIds }))
-      }
-      return Effect.async<Taken, AcquireError>((resume) => {
+    const searchUntil = (deadline: number) =>
+      Effect.async<Loan, AcquireError>((resume) => {
         let settled = false
         /** What was handed to the caller, until the caller has it. */
-        let delivered: Taken | undefined
+        let delivered: Loan | undefined
         const settle = () => {
           settled = true
-          pending.delete(onClose)
+          searching.delete(onClose)
           clearTimeout(timer)
         }
         const leave = () => {
@@ -387,13 +315,13 @@ export const make = (options: WebSocketPoolOptions): Effect.Effect<WebSocketPool
           leave()
           resume(Effect.fail(new PoolClosed()))
         }
-        pending.add(onClose)
+        searching.add(onClose)
         const timer = setTimeout(() => {
           leave()
           resume(Effect.fail(new PoolAcquireTimeout({ timeoutMillis: config.acquireTimeout })))
-        }, config.acquireTimeout)
+        }, deadline - Date.now())
         const fiber = runFork(search((got) => {
-          if (settled) return giveBackTaken(got)
+          if (settled) return runFork(closeLoan(got))
           settle()
           delivered = got
           resume(Effect.succeed(got))
@@ -405,48 +333,89 @@ export const make = (options: WebSocketPoolOptions): Effect.Effect<WebSocketPool
           resume(Effect.failCause(exit.cause))
         })
         // A caller interrupted after its connection was handed over, but before it got it.
-        return Effect.sync(() => (settled ? delivered && giveBackTaken(delivered) : leave()))
+        return Effect.sync(() => (settled ? delivered && runFork(closeLoan(delivered)) : leave()))
       })
-    })
 
-    // Uninterruptible but for the wait: a connection handed to a caller interrupted at that
-    // moment is still given back by the caller's scope.
+    /** Whether an idle connection is left that no fast-path acquisition is about to take. */
+    const unclaimedIdle = () => {
+      let idle = 0
+      for (const socket of live) {
+        if (isIdle(socket) && ++idle > claimed) return true
+      }
+      return false
+    }
+
+    /**
+     * With an idle connection to take and nothing to validate, effect's Pool hands it over at
+     * once: no search fiber and no timer. Otherwise, or if it turned out closed, a search.
+     */
+    const take = (deadline: number, restore: Restore) =>
+      Effect.suspend(() => {
+        if (config.validateOnCheckout || !unclaimedIdle()) return restore(searchUntil(deadline))
+        claimed++
+        return Effect.flatMap(
+          Effect.ensuring(attempt(restore), Effect.sync(() => claimed--)),
+          (got) => got === undefined ? restore(searchUntil(deadline)) : Effect.succeed(got)
+        )
+      })
+
+    /**
+     * An acquisition: a place among the `maxConnections` inside effect's Pool (in arrival order),
+     * then a connection. Uninterruptible but for the waits, so no exit loses its place or its
+     * connection; `holder` says who gives them back.
+     */
+    const acquire = (holder: Loan["holder"]) =>
+      Effect.suspend((): Effect.Effect<Loan, AcquireError> => {
+        if (closed) return Effect.fail(new PoolClosed())
+        if (!backends.some((backend) => backend.available)) {
+          return Effect.fail(new NoHealthyBackend({ backends: backendIds }))
+        }
+        const deadline = Date.now() + config.acquireTimeout
+        return Effect.uninterruptibleMask((restore) =>
+          Effect.zipRight(
+            restore(admission.enter(deadline, config.acquireTimeout)),
+            take(deadline, restore).pipe(
+              Effect.tap((loan) => {
+                loan.holder = holder
+              }),
+              Effect.onError(() => Effect.sync(() => admission.leave()))
+            )
+          )
+        )
+      })
+
+    /** Gives the connection back, then the place in effect's Pool to the next waiter. */
+    const endLoan = (loan: Loan) => Effect.ensuring(closeLoan(loan), Effect.sync(() => admission.leave()))
+
+    // `restore` leaves the acquisition its waits; what follows it cannot be interrupted, so a
+    // connection handed to a caller interrupted at that moment is still given back.
     const get = Effect.uninterruptibleMask((restore) =>
-      Effect.flatMap(restore(acquire), ({ scope, socket }) =>
-        Effect.as(Effect.addFinalizer(() => ScopeModule.close(scope, Exit.void)), socket))
+      Effect.flatMap(restore(acquire("get")), (loan) => Effect.as(Effect.addFinalizer(() => endLoan(loan)), loan.socket))
     )
 
-    const checkout = Effect.uninterruptibleMask((restore) =>
-      Effect.map(restore(acquire), ({ scope, socket }) => {
-        checkouts.set(socket, scope)
-        return socket
-      })
-    )
+    const checkout = Effect.uninterruptibleMask((restore) => Effect.map(restore(acquire("checkout")), (loan) => loan.socket))
 
     const release = (socket: WebSocket) =>
       Effect.suspend(() => {
-        const scope = checkouts.get(socket)
-        if (scope === undefined) {
+        const loan = loans.get(socket)
+        if (loan?.holder !== "checkout") {
           return Effect.fail(new InvalidRelease({ reason: "the connection is not checked out from this pool" }))
         }
-        checkouts.delete(socket)
-        return ScopeModule.close(scope, Exit.void)
+        // Released once: a second release of it fails, even before its scope has closed.
+        loan.holder = "get"
+        return endLoan(loan)
       })
 
-    const isIdle = (socket: WebSocket) => !taken.has(socket) && socket.readyState === WebSocket.OPEN
+    const isIdle = (socket: WebSocket) => !loans.has(socket) && socket.readyState === WebSocket.OPEN
 
-    const idleCount = () => {
-      let idle = 0
-      for (const socket of live) if (isIdle(socket)) idle++
-      return idle
-    }
+    const isHeld = (loan: Loan) => loan.holder !== "validating"
 
     const health = Effect.sync(() => {
       const status: Record<string, BackendHealth> = {}
       for (const backend of backends) {
         let active = 0
         let idle = 0
-        for (const socket of checkedOut) if (backendBySocket.get(socket) === backend) active++
+        for (const loan of loans.values()) if (isHeld(loan) && backendBySocket.get(loan.socket) === backend) active++
         for (const socket of live) if (backendBySocket.get(socket) === backend && isIdle(socket)) idle++
         status[backend.id] = {
           healthy: backend.healthy,
@@ -463,7 +432,7 @@ export const make = (options: WebSocketPoolOptions): Effect.Effect<WebSocketPool
 
     if (config.healthCheck.enabled) {
       for (const backend of backends) {
-        const check = Effect.flatMap(probe(backend, config), ({ latency, ok }) => {
+        const check = Effect.flatMap(PoolSocket.probe(backend, config), ({ latency, ok }) => {
           const change = backend.checked(ok, latency)
           return change === undefined
             ? Effect.void
@@ -479,8 +448,9 @@ export const make = (options: WebSocketPoolOptions): Effect.Effect<WebSocketPool
     const close = Effect.suspend(() => {
       if (closed) return Effect.void
       closed = true
-      for (const onClose of Array.from(pending)) onClose()
-      const idle = Array.from(live).filter((socket) => !taken.has(socket))
+      admission.close()
+      for (const onClose of Array.from(searching)) onClose()
+      const idle = Array.from(live).filter((socket) => !loans.has(socket))
       for (const socket of idle) socket.close(1000)
       // The pool's own shutdown waits for checked-out connections; it finishes in the background.
       runFork(ScopeModule.close(poolScope, Exit.void))
@@ -495,15 +465,28 @@ export const make = (options: WebSocketPoolOptions): Effect.Effect<WebSocketPool
 
     yield* Effect.addFinalizer(() => close)
 
+    const activeCount = () => {
+      let active = 0
+      for (const loan of loans.values()) if (isHeld(loan)) active++
+      return active
+    }
+
+    const idleCount = () => {
+      let idle = 0
+      for (const socket of live) if (isIdle(socket)) idle++
+      return idle
+    }
+
     const service: WebSocketPool = {
       [TypeId]: TypeId,
       config,
       get,
       checkout,
       release,
-      activeCount: Effect.sync(() => checkedOut.size),
+      activeCount: Effect.sync(activeCount),
       idleCount: Effect.sync(idleCount),
-      waitingCount: Effect.sync(() => pending.size),
+      // An acquisition validating its connection is still searching.
+      waitingCount: Effect.sync(() => admission.waiting + searching.size),
       health,
       healthChanges: Stream.fromPubSub(healthEvents),
       backendOf: (socket) => Option.fromNullable(backendBySocket.get(socket)?.id),

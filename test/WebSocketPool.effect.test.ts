@@ -77,6 +77,55 @@ describe("WebSocketPool (Effect API)", () => {
       expect([yield* pool.idleCount, yield* pool.waitingCount]).toEqual([1, 0])
     }))
 
+  it.scopedLive("callers waiting for a connection get it in arrival order, one per release", () =>
+    Effect.gen(function*() {
+      const b1 = yield* backend
+      const pool = yield* WebSocketPool.make({ url: b1.url, maxConnections: 1, acquireTimeout: 5_000 })
+      const first = yield* pool.checkout
+      const order: Array<number> = []
+      const waiters = yield* Effect.forEach([1, 2, 3, 4], (n) =>
+        Effect.fork(Effect.scoped(Effect.zipRight(pool.get, Effect.sync(() => order.push(n))))))
+      yield* Effect.promise(() => eventually(() => Effect.runSync(pool.waitingCount) === 4, 2_000))
+      yield* pool.release(first)
+      yield* Effect.forEach(waiters, Fiber.join)
+      expect(order).toEqual([1, 2, 3, 4])
+      expect([yield* pool.activeCount, yield* pool.idleCount, yield* pool.waitingCount]).toEqual([0, 1, 0])
+      expect(b1.accepted).toBe(1)
+    }))
+
+  it.scopedLive("a waiting caller that is interrupted leaves the queue, and the next one gets the connection", () =>
+    Effect.gen(function*() {
+      const b1 = yield* backend
+      const pool = yield* WebSocketPool.make({ url: b1.url, maxConnections: 1, acquireTimeout: 5_000 })
+      const first = yield* pool.checkout
+      const leaver = yield* Effect.fork(Effect.scoped(pool.get))
+      const stayer = yield* Effect.fork(Effect.scoped(Effect.as(pool.get, "got it")))
+      yield* Effect.promise(() => eventually(() => Effect.runSync(pool.waitingCount) === 2, 2_000))
+      yield* Fiber.interrupt(leaver)
+      expect(yield* pool.waitingCount).toBe(1)
+      yield* pool.release(first)
+      expect(yield* Fiber.join(stayer).pipe(Effect.timeout("2 seconds"))).toBe("got it")
+      // The slot the leaver never used is not lost: the pool still hands its connection out.
+      const again = yield* pool.checkout.pipe(Effect.timeout("2 seconds"))
+      yield* pool.release(again)
+      expect([yield* pool.activeCount, yield* pool.waitingCount]).toEqual([0, 0])
+    }))
+
+  it.scopedLive("a caller that timed out in the queue leaves it: it does not take a later release", () =>
+    Effect.gen(function*() {
+      const b1 = yield* backend
+      const pool = yield* WebSocketPool.make({ url: b1.url, maxConnections: 1, acquireTimeout: 200 })
+      const first = yield* pool.checkout
+      const timedOut = yield* Effect.flip(pool.checkout)
+      expect(timedOut).toEqual(new PoolAcquireTimeout({ timeoutMillis: 200 }))
+      expect(yield* pool.waitingCount).toBe(0)
+      yield* pool.release(first)
+      // Had the timed-out caller kept its place, this one would wait behind a ghost and time out.
+      const next = yield* pool.checkout
+      expect(next).toBe(first)
+      yield* pool.release(next)
+    }))
+
   it.scopedLive("a get that leaves while its connection is being validated: the connection goes back once it answers", () =>
     Effect.gen(function*() {
       const b1 = yield* backend

@@ -68,6 +68,24 @@ describe("WebSocketPool (facade)", () => {
     expect(backend!.accepted).toBe(5)
   })
 
+  it("serves waiting acquirers in arrival order", async () => {
+    const [backend] = await backendsFor(1)
+    const pool = poolOf({ url: backend!.url, maxConnections: 1, acquireTimeout: 5_000 })
+    const first = await pool.acquire()
+    const order: Array<number> = []
+    const waiters = [1, 2, 3].map((n) =>
+      pool.acquire().then((connection) => {
+        order.push(n)
+        pool.release(connection)
+      })
+    )
+    await eventually(() => pool.getWaitingCount() === 3, 1_000, "3 waiters")
+    pool.release(first)
+    await Promise.all(waiters)
+    expect(order).toEqual([1, 2, 3])
+    expect(counts(pool)).toEqual({ active: 0, idle: 1, waiting: 0 })
+  })
+
   it("fails waiters past acquireTimeout with PoolAcquireTimeout and leaks nothing", async () => {
     const [backend] = await backendsFor(1)
     const pool = poolOf({ url: backend!.url, maxConnections: 2, acquireTimeout: 100 })
