@@ -32,6 +32,8 @@ import { Admission } from "./internal/admission.js"
 import { makePicker } from "./internal/loadBalancing.js"
 import type { CircuitState, HealthChange } from "./internal/poolBackend.js"
 import { PoolBackend } from "./internal/poolBackend.js"
+import type { Loan } from "./internal/poolConnections.js"
+import { PoolConnections } from "./internal/poolConnections.js"
 import * as PoolSocket from "./internal/poolSocket.js"
 import type { WebSocketPoolConfig, WebSocketPoolOptions } from "./options.js"
 import { decode, WebSocketPoolOptions as WebSocketPoolOptionsSchema } from "./options.js"
@@ -129,16 +131,6 @@ const reconnectSchedule = Schedule.exponential(Duration.millis(50)).pipe(
 const VALIDATION_PING_TIMEOUT = 1_000
 
 /**
- * A connection out of effect's Pool, and the scope that gives it back when closed. While it is
- * validated nobody holds it; then its holder is a scoped `get` or a `checkout` (which `release` ends).
- */
-interface Loan {
-  readonly socket: WebSocket
-  readonly scope: Scope.CloseableScope
-  holder: "validating" | "get" | "checkout"
-}
-
-/**
  * @since 0.1.0
  * @category constructors
  */
@@ -150,11 +142,8 @@ export const make = (options: WebSocketPoolOptions): Effect.Effect<WebSocketPool
     )
     const backendIds = backends.map((backend) => backend.id)
     const pick = makePicker<PoolBackend>(config.loadBalancing)
-    const backendBySocket = new WeakMap<WebSocket, PoolBackend>()
-    /** Open pooled connections, until they close or the pool drops them. */
-    const live = new Set<WebSocket>()
-    /** The one record of what is out of effect's Pool: every other count derives from it. */
-    const loans = new Map<WebSocket, Loan>()
+    const connections = new PoolConnections()
+    const loans = connections.loans
     const admission = new Admission(config.maxConnections)
     /** Acquisitions searching in a fiber of their own, each with what fails it with `PoolClosed`. */
     const searching = new Set<() => void>()
@@ -193,21 +182,15 @@ export const make = (options: WebSocketPoolOptions): Effect.Effect<WebSocketPool
     })
 
     const adopt = (socket: WebSocket, backend: PoolBackend) => {
-      backendBySocket.set(socket, backend)
-      live.add(socket)
+      connections.adopt(socket, backend)
       socket.once("close", onPooledClose)
       if (closed) socket.close(1000)
-    }
-
-    const forget = (socket: WebSocket) => {
-      if (!live.delete(socket)) return
-      backendBySocket.get(socket)!.open--
     }
 
     // One close listener for every connection of the pool, rather than a closure per connection.
     // A connection that dies leaves the pool, which opens a replacement if it is below min.
     const onPooledClose = function(this: WebSocket) {
-      forget(this)
+      connections.forget(this)
       if (!closed) runFork(invalidate(this))
     }
 
@@ -219,7 +202,7 @@ export const make = (options: WebSocketPoolOptions): Effect.Effect<WebSocketPool
           Effect.interruptible(Effect.retry(connect, reconnectSchedule)),
           (socket) =>
             Effect.sync(() => {
-              forget(socket)
+              connections.forget(socket)
               socket.close(1000)
             })
         ),
@@ -336,22 +319,13 @@ export const make = (options: WebSocketPoolOptions): Effect.Effect<WebSocketPool
         return Effect.sync(() => (settled ? delivered && runFork(closeLoan(delivered)) : leave()))
       })
 
-    /** Whether an idle connection is left that no fast-path acquisition is about to take. */
-    const unclaimedIdle = () => {
-      let idle = 0
-      for (const socket of live) {
-        if (isIdle(socket) && ++idle > claimed) return true
-      }
-      return false
-    }
-
     /**
      * With an idle connection to take and nothing to validate, effect's Pool hands it over at
      * once: no search fiber and no timer. Otherwise, or if it turned out closed, a search.
      */
     const take = (deadline: number, restore: Restore) =>
       Effect.suspend(() => {
-        if (config.validateOnCheckout || !unclaimedIdle()) return restore(searchUntil(deadline))
+        if (config.validateOnCheckout || !connections.idleBeyond(claimed)) return restore(searchUntil(deadline))
         claimed++
         return Effect.flatMap(
           Effect.ensuring(attempt(restore), Effect.sync(() => claimed--)),
@@ -406,17 +380,10 @@ export const make = (options: WebSocketPoolOptions): Effect.Effect<WebSocketPool
         return endLoan(loan)
       })
 
-    const isIdle = (socket: WebSocket) => !loans.has(socket) && socket.readyState === WebSocket.OPEN
-
-    const isHeld = (loan: Loan) => loan.holder !== "validating"
-
     const health = Effect.sync(() => {
       const status: Record<string, BackendHealth> = {}
       for (const backend of backends) {
-        let active = 0
-        let idle = 0
-        for (const loan of loans.values()) if (isHeld(loan) && backendBySocket.get(loan.socket) === backend) active++
-        for (const socket of live) if (backendBySocket.get(socket) === backend && isIdle(socket)) idle++
+        const { active, idle } = connections.counts(backend)
         status[backend.id] = {
           healthy: backend.healthy,
           latency: backend.latency,
@@ -450,7 +417,7 @@ export const make = (options: WebSocketPoolOptions): Effect.Effect<WebSocketPool
       closed = true
       admission.close()
       for (const onClose of Array.from(searching)) onClose()
-      const idle = Array.from(live).filter((socket) => !loans.has(socket))
+      const idle = Array.from(connections.live).filter((socket) => !loans.has(socket))
       for (const socket of idle) socket.close(1000)
       // The pool's own shutdown waits for checked-out connections; it finishes in the background.
       runFork(ScopeModule.close(poolScope, Exit.void))
@@ -465,31 +432,19 @@ export const make = (options: WebSocketPoolOptions): Effect.Effect<WebSocketPool
 
     yield* Effect.addFinalizer(() => close)
 
-    const activeCount = () => {
-      let active = 0
-      for (const loan of loans.values()) if (isHeld(loan)) active++
-      return active
-    }
-
-    const idleCount = () => {
-      let idle = 0
-      for (const socket of live) if (isIdle(socket)) idle++
-      return idle
-    }
-
     const service: WebSocketPool = {
       [TypeId]: TypeId,
       config,
       get,
       checkout,
       release,
-      activeCount: Effect.sync(activeCount),
-      idleCount: Effect.sync(idleCount),
+      activeCount: Effect.sync(() => connections.counts().active),
+      idleCount: Effect.sync(() => connections.counts().idle),
       // An acquisition validating its connection is still searching.
       waitingCount: Effect.sync(() => admission.waiting + searching.size),
       health,
       healthChanges: Stream.fromPubSub(healthEvents),
-      backendOf: (socket) => Option.fromNullable(backendBySocket.get(socket)?.id),
+      backendOf: (socket) => Option.fromNullable(connections.backendOf(socket)?.id),
       close
     }
     return service
