@@ -32,13 +32,14 @@ import type { AcceptError, InvalidClose, InvalidOptions } from "./errors.js"
 import { ConnectionTimeout, HandlerFailed, HandshakeFailed, HeartbeatTimeout, ManagerClosed } from "./errors.js"
 import type { MessageEncodeError } from "./errors.js"
 import * as Heartbeat from "./Heartbeat.js"
-import { authenticate } from "./internal/authenticate.js"
+import type { Identity } from "./internal/authenticate.js"
+import { anonymous, authenticate } from "./internal/authenticate.js"
 import { checkClose, ConnectionImpl, endCounters } from "./internal/connection.js"
 import * as Encode from "./internal/encode.js"
 import { FanOut } from "./internal/fanout.js"
 import * as Handshake from "./internal/handshake.js"
 import type { Reservation } from "./internal/registry.js"
-import { ConnectionRegistry } from "./internal/registry.js"
+import { ConnectionRegistry, registries } from "./internal/registry.js"
 import { rawUpgradeOf, UpgradeResponse } from "./internal/upgrade.js"
 import type { RawUpgrade } from "./internal/upgrade.js"
 import type { WebSocketManagerConfig } from "./options.js"
@@ -165,6 +166,12 @@ const webRequestOf = (request: Request | HttpServerRequest.HttpServerRequest): R
   return request.source instanceof Request ? request.source : undefined
 }
 
+/**
+ * `randomUUID()` builds its text by concatenation, and kept as it comes it is a rope of 14
+ * strings (~450 bytes per connection); copied once, it is one flat string of 36 characters.
+ */
+const flatId = () => Buffer.from(randomUUID(), "latin1").toString("latin1")
+
 const contextOf = (
   request: Request,
   raw: RawUpgrade,
@@ -173,7 +180,7 @@ const contextOf = (
   userId: string | undefined,
   user: unknown
 ): ConnectionContext => ({
-  id: randomUUID(),
+  id: flatId(),
   userId,
   user,
   protocol,
@@ -186,14 +193,22 @@ const contextOf = (
 })
 
 /** A handler's failure is the user's bug, worth a warning; the other ends are routine, kept for debugging. */
-const logEnd = (connection: ConnectionImpl): Effect.Effect<void> => {
+const logEnd = (connection: ConnectionImpl): Effect.Effect<void> | undefined => {
   const error = connection.failure
-  if (error === undefined) return Effect.void
+  if (error === undefined) return undefined
   const log = error instanceof HandlerFailed
     ? Effect.logWarning(error.message, Cause.die(error.cause))
     : Effect.logDebug(error.message)
   return Effect.annotateLogs(log, { connectionId: connection.id, end: connection.end })
 }
+
+/**
+ * What a connection's fiber runs when the heartbeat is off. Not `Effect.never`, which keeps a
+ * timer of its own per fiber to hold the process open: the connection's socket does that.
+ */
+const untilEnded: Effect.Effect<never> = Effect.async<never>(() => {})
+
+const noTags: ReadonlyArray<never> = []
 
 /**
  * @since 0.1.0
@@ -216,20 +231,27 @@ export const make = (
     // scope (which a closure keeps alive whole) holds the upgrade request and its raw socket parts.
     const unregister = (connection: ConnectionImpl) => registry.remove(connection, connection.reservation)
     const heartbeat = config.heartbeatInterval > 0
-      ? Heartbeat.make(config.heartbeatInterval, config.heartbeatTimeout)
-      : () => Effect.never
+      ? yield* Heartbeat.make(config.heartbeatInterval, config.heartbeatTimeout)
+      : () => untilEnded
 
-    const end = (connection: ConnectionImpl, exit: Exit.Exit<unknown, unknown>) =>
-      Effect.suspend(() => {
-        const missed = Exit.isFailure(exit) ? Cause.failureOption(exit.cause) : Option.none()
-        if (Option.isSome(missed) && missed.value instanceof HeartbeatTimeout) connection.heartbeatTimeout(missed.value)
-        // Only an unexpected end of the fiber leaves the socket open; the manager is shutting it down.
-        if (connection.isOpen && !closing) connection.closeSocket(1001, "Going away", "server-shutdown")
-        return Effect.zipRight(
-          Effect.zipRight(logEnd(connection), Metric.increment(endCounters[connection.end])),
-          connection.finish(exit)
-        )
-      })
+    /**
+     * The actor's end, as an observer of its fiber rather than `Effect.onExit`, whose frames stay on
+     * every idle fiber's stack (~1 KB per connection). What must run as an Effect (a log, the
+     * connection scope's finalizers) is rare and runs in a fiber of its own, forked into the same
+     * FiberSet so that `close` and `stats` wait for it; the rest is done here, synchronously.
+     */
+    const end = (connection: ConnectionImpl, exit: Exit.Exit<unknown, unknown>) => {
+      const missed = Exit.isFailure(exit) ? Cause.failureOption(exit.cause) : Option.none()
+      if (Option.isSome(missed) && missed.value instanceof HeartbeatTimeout) connection.heartbeatTimeout(missed.value)
+      // Only an unexpected end of the fiber leaves the socket open; the manager is shutting it down.
+      if (connection.isOpen && !closing) connection.closeSocket(1001, "Going away", "server-shutdown")
+      endCounters[connection.end].unsafeUpdate(1, noTags)
+      const release = connection.finish(exit)
+      const log = logEnd(connection)
+      if (log !== undefined || release !== undefined) {
+        runFork(Effect.zipRight(log ?? Effect.void, release ?? Effect.void))
+      }
+    }
 
     const runHandler = (connection: ConnectionImpl, handler: NonNullable<AcceptOptions["handler"]>) =>
       // Called inside the fiber: a handler that throws before returning an Effect fails like one that fails.
@@ -242,20 +264,57 @@ export const make = (
         Effect.forkIn(connection.scope)
       )
 
-    const lifecycle = (connection: ConnectionImpl, handler: AcceptOptions["handler"]) => {
-      const body = handler === undefined
-        ? heartbeat(connection)
-        : Effect.zipRight(runHandler(connection, handler), heartbeat(connection))
-      return Effect.onExit(body, (exit) => end(connection, exit))
+    const lifecycle = (connection: ConnectionImpl, handler: AcceptOptions["handler"]) =>
+      handler === undefined ? heartbeat(connection) : Effect.zipRight(runHandler(connection, handler), heartbeat(connection))
+
+    const fork = (connection: ConnectionImpl, handler: AcceptOptions["handler"]) => {
+      const fiber = runFork(lifecycle(connection, handler))
+      connection.fiber = fiber
+      fiber.addObserver((exit) => end(connection, exit))
     }
 
     const connectionTimeout = Duration.millis(config.connectionTimeout)
     const onConnectionTimeout = () => new ConnectionTimeout({ timeoutMillis: config.connectionTimeout })
 
     /**
+     * The handshake and the registration, once the identity is known: synchronous, so nothing can
+     * come between them. The caller forks the fiber, and gives the slot back on any failure.
+     */
+    const admit = (
+      request: Request,
+      raw: RawUpgrade,
+      offered: ReadonlyArray<string>,
+      protocol: string,
+      reservation: Reservation,
+      identity: Identity
+    ): Either.Either<ConnectionImpl, AcceptError> => {
+      if (identity.userId !== undefined) {
+        const user = registry.reserveUser(reservation, identity.userId)
+        if (Either.isLeft(user)) return Either.left(user.left)
+      }
+      if (closing) return Either.left(new ManagerClosed())
+      const socket = Handshake.complete(server, raw, protocol, offered)
+      if (Either.isLeft(socket)) return Either.left(socket.left)
+      const context = contextOf(request, raw, socket.right, protocol, identity.userId, identity.user)
+      const connection = new ConnectionImpl(socket.right, context, reservation, unregister)
+      registry.add(connection)
+      return Either.right(connection)
+    }
+
+    const acceptedOf = (connection: ConnectionImpl): Accepted => ({
+      socket: connection.socket,
+      response: new UpgradeResponse(),
+      context: connection.context,
+      connection
+    })
+
+    /**
      * Authentication, then the handshake, the registration and the fork of the connection's fiber
      * as one step that cannot be half-done: only the authentication can be interrupted (or time
      * out), so no exit leaves an open, registered socket without its fiber, or a slot not given back.
+     *
+     * Without authentication and handler nothing in it waits: it runs as one synchronous step, with
+     * no generator, interruption mask or timeout race (two fibers and a timer) on every upgrade.
      */
     const establish = (
       request: Request,
@@ -264,57 +323,67 @@ export const make = (
       protocol: string,
       reservation: Reservation,
       handler: AcceptOptions["handler"]
-    ) =>
-      Effect.uninterruptibleMask((restore) =>
+    ): Effect.Effect<Accepted, AcceptError> => {
+      const release = () => Effect.sync(() => registry.release(reservation))
+      if (config.authentication === undefined && handler === undefined) {
+        return Effect.suspend(() => {
+          const admitted = admit(request, raw, offered, protocol, reservation, anonymous)
+          if (Either.isLeft(admitted)) return Effect.fail(admitted.left)
+          fork(admitted.right, undefined)
+          return Effect.succeed(acceptedOf(admitted.right))
+        }).pipe(Effect.onError(release))
+      }
+      return Effect.uninterruptibleMask((restore) =>
         Effect.gen(function*() {
-          const identity = yield* restore(
-            Effect.timeoutFail(authenticate(config.authentication, request, offered), {
-              duration: connectionTimeout,
-              onTimeout: onConnectionTimeout
-            })
-          )
-          if (identity.userId !== undefined) yield* registry.reserveUser(reservation, identity.userId)
-          if (closing) return yield* new ManagerClosed()
-          const socket = yield* Handshake.complete(server, raw, protocol, offered)
-          const context = contextOf(request, raw, socket, protocol, identity.userId, identity.user)
-          const connection = new ConnectionImpl(socket, context, reservation, unregister)
-          registry.add(connection)
+          const identity = config.authentication === undefined
+            ? anonymous
+            : yield* restore(
+              Effect.timeoutFail(authenticate(config.authentication, request, offered), {
+                duration: connectionTimeout,
+                onTimeout: onConnectionTimeout
+              })
+            )
+          const connection = yield* admit(request, raw, offered, protocol, reservation, identity)
           if (handler !== undefined) yield* connection.bufferMessages()
-          connection.fiber = runFork(lifecycle(connection, handler))
-          const accepted: Accepted = {
-            socket,
-            response: new UpgradeResponse(),
-            context: connection.context,
-            connection
-          }
-          return accepted
-        }).pipe(Effect.onError(() => Effect.sync(() => registry.release(reservation))))
+          fork(connection, handler)
+          return acceptedOf(connection)
+        }).pipe(Effect.onError(release))
       )
+    }
 
+    // Checks that answer at once, as plain values rather than a generator: this runs on every upgrade.
     const accept: WebSocketManager["accept"] = (input, acceptOptions) =>
-      Effect.gen(function*() {
-        if (closing) return yield* new ManagerClosed()
+      Effect.suspend((): Effect.Effect<Accepted, AcceptError> => {
+        if (closing) return Effect.fail(new ManagerClosed())
         // Before the socket lookup: a request that is no upgrade is the client's mistake (426), not a 500.
-        yield* Handshake.checkUpgrade(input)
+        const upgrade = Handshake.checkUpgrade(input)
+        if (Either.isLeft(upgrade)) return Effect.fail(upgrade.left)
         const request = webRequestOf(input)
         if (request === undefined) {
-          return yield* new HandshakeFailed({
-            reason: "NoUnderlyingSocket",
-            detail: "serve the app with NodeServer so its upgrades can be accepted"
-          })
+          return Effect.fail(
+            new HandshakeFailed({
+              reason: "NoUnderlyingSocket",
+              detail: "serve the app with NodeServer so its upgrades can be accepted"
+            })
+          )
         }
         const raw = rawUpgradeOf(request)
         if (raw === undefined) {
-          return yield* new HandshakeFailed({
-            reason: "NoUnderlyingSocket",
-            detail: "the request did not come through the Node adapter (serve, attach or NodeServer)"
-          })
+          return Effect.fail(
+            new HandshakeFailed({
+              reason: "NoUnderlyingSocket",
+              detail: "the request did not come through the Node adapter (serve, attach or NodeServer)"
+            })
+          )
         }
-        yield* Handshake.checkOrigin(request, config.allowedOrigins)
+        const origin = Handshake.checkOrigin(request, config.allowedOrigins)
+        if (Either.isLeft(origin)) return Effect.fail(origin.left)
         const offered = Handshake.offeredProtocols(request)
-        const protocol = yield* Handshake.negotiateProtocol(offered, config.protocols, acceptOptions?.protocol)
-        const reservation = yield* registry.reserve(raw.request.socket.remoteAddress ?? "")
-        return yield* establish(request, raw, offered, protocol, reservation, acceptOptions?.handler)
+        const protocol = Handshake.negotiateProtocol(offered, config.protocols, acceptOptions?.protocol)
+        if (Either.isLeft(protocol)) return Effect.fail(protocol.left)
+        const reservation = registry.reserve(raw.request.socket.remoteAddress ?? "")
+        if (Either.isLeft(reservation)) return Effect.fail(reservation.left)
+        return establish(request, raw, offered, protocol.right, reservation.right, acceptOptions?.handler)
       })
 
     const broadcast: WebSocketManager["broadcast"] = (message, filter) =>
@@ -360,6 +429,7 @@ export const make = (
         fibers: size
       }))
     }
+    registries.set(manager, registry)
     return manager
   })
 

@@ -14,7 +14,7 @@ import * as Jose from "jose"
 import { AuthenticationFailed } from "../errors.js"
 import type { AuthenticationConfig } from "../options.js"
 
-interface Identity {
+export interface Identity {
   readonly userId: string | undefined
   readonly user: unknown
 }
@@ -26,7 +26,7 @@ export const isCredential = (protocol: string) => protocol.startsWith(TOKEN_PROT
 
 const BEARER_SCHEME = /^Bearer\s+/i
 
-const anonymous: Identity = { userId: undefined, user: undefined }
+export const anonymous: Identity = { userId: undefined, user: undefined }
 
 /**
  * The credential of the highest-precedence place that is present (header, `token` query

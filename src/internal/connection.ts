@@ -192,6 +192,10 @@ export class ConnectionImpl implements Connection {
   fiber: Fiber.RuntimeFiber<unknown, unknown> | undefined = undefined
   /** When the outstanding heartbeat ping was sent; 0 when none is outstanding. */
   pingSentAt = 0
+  /** The heartbeat's next step (see `Heartbeat.make`), stopped when the actor ends. */
+  heartbeatTimer: ReturnType<typeof setTimeout> | undefined = undefined
+  /** Ends the actor's fiber with the heartbeat's failure. */
+  heartbeatMissed: ((failure: Effect.Effect<never, HeartbeatTimeout>) => void) | undefined = undefined
   /** The first error seen as the connection ends (logged when the actor ends). */
   failure: EndError | undefined = undefined
   /** Why the connection is ending, when something other than a plain close ends it. */
@@ -231,11 +235,16 @@ export class ConnectionImpl implements Connection {
     return this.ownScope
   }
 
-  /** The actor's end: leave the registry and close the scope, with how the actor ended. */
-  finish(exit: Exit.Exit<unknown, unknown>): Effect.Effect<void> {
+  /**
+   * The actor's end: stop the heartbeat and leave the registry; what is left is closing the scope,
+   * with how the actor ended, when there is one.
+   */
+  finish(exit: Exit.Exit<unknown, unknown>): Effect.Effect<void> | undefined {
     this.finished = true
+    clearTimeout(this.heartbeatTimer)
+    this.heartbeatMissed = undefined
     this.unregister(this)
-    return this.ownScope === undefined ? Effect.void : Scope.close(this.ownScope, exit)
+    return this.ownScope === undefined ? undefined : Scope.close(this.ownScope, exit)
   }
 
   /** A user handler or listener failed: close this connection, and only this one, with 1011. */

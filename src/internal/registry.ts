@@ -96,4 +96,29 @@ export class ConnectionRegistry {
     const sockets = this.byUser.get(userId)
     return sockets === undefined ? [] : Array.from(sockets)
   }
+
+  /** Every map's size and the reserved count: all 0 once every connection and upgrade is gone. */
+  get sizes(): RegistrySizes {
+    return {
+      connections: this.connections.size,
+      byUser: this.byUser.size,
+      perUser: this.perUser.size,
+      perIp: this.perIp.size,
+      reserved: this.reserved
+    }
+  }
 }
+
+export interface RegistrySizes {
+  readonly connections: number
+  readonly byUser: number
+  readonly perUser: number
+  readonly perIp: number
+  readonly reserved: number
+}
+
+/**
+ * A manager's registry, for the churn test and benchmark, which check that nothing is left
+ * behind in it; keyed by the manager's service object.
+ */
+export const registries = new WeakMap<object, ConnectionRegistry>()

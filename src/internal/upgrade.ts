@@ -89,9 +89,10 @@ export const toWebRequest = (req: IncomingMessage, socket: Duplex, head: Buffer)
   try {
     // A header value the Fetch API refuses (possible with Node's `insecureHTTPParser`) refuses the
     // request: leaving the header out could drop the very `Origin` the allow-list checks.
-    const headers = new Headers()
-    for (let i = 0; i < req.rawHeaders.length; i += 2) headers.append(req.rawHeaders[i]!, req.rawHeaders[i + 1]!)
-    const request = new Request(url, { method: req.method!, headers })
+    // Appended to the Request's own headers (same checks): a `Headers` or pairs handed to its
+    // constructor would go through WebIDL conversion and be copied, on every upgrade.
+    const request = new Request(url, { method: req.method! })
+    for (let i = 0; i < req.rawHeaders.length; i += 2) request.headers.append(req.rawHeaders[i]!, req.rawHeaders[i + 1]!)
     rawUpgrades.set(request, { request: req, socket, head, upgraded: false })
     return request
   } catch {

@@ -20,7 +20,7 @@ import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
 import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
 import * as NodeHttpServer from "@effect/platform-node/NodeHttpServer"
 import { Cause, Effect, FiberSet, Schema, Scope } from "effect"
-import type { UnknownException } from "effect/Cause"
+import { UnknownException } from "effect/Cause"
 import * as Http from "node:http"
 import type { AddressInfo } from "node:net"
 import type { Duplex } from "node:stream"
@@ -130,12 +130,18 @@ const callHandler = (handler: FetchHandler, request: Request) =>
  * @since 0.1.0
  * @category constructors
  */
-export const fromFetch = (handler: FetchHandler): HttpApp.Default<never, HttpServerRequest.HttpServerRequest> =>
-  Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) =>
+export const fromFetch = (handler: FetchHandler): HttpApp.Default<never, HttpServerRequest.HttpServerRequest> => {
+  const app = Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) =>
     Effect.orElseSucceed(Effect.sandbox(HttpServerRequest.toWeb(request)), () => undefined).pipe(
       Effect.flatMap((webRequest) => webRequest === undefined ? badRequest : callHandler(handler, webRequest)),
       Effect.map(HttpServerResponse.fromWeb)
     ))
+  fetchHandlers.set(app, handler)
+  return app
+}
+
+/** The handler behind each app `fromFetch` made, which an upgrade calls directly (see `upgradeWithFetch`). */
+const fetchHandlers = new WeakMap<object, FetchHandler>()
 
 const answerUpgrade = (request: Request, response: HttpServerResponse.HttpServerResponse) => {
   const raw = rawUpgradeOf(request)!
@@ -151,21 +157,63 @@ const respondToCause = (cause: Cause.Cause<unknown>) =>
       ? Effect.as(Effect.logError("The app failed on an upgrade; answered 500", cause), response)
       : Effect.succeed(response))
 
+/** An app's answer, or what its failure answers, written unless the app accepted the upgrade. */
+const answerWith = <E, R>(request: Request, answer: Effect.Effect<HttpServerResponse.HttpServerResponse, E, R>) =>
+  answer.pipe(
+    Effect.catchAllCause(respondToCause),
+    Effect.flatMap((response) => answerUpgrade(request, response))
+  )
+
+type Fork = (effect: Effect.Effect<void>) => unknown
+
+/**
+ * An upgrade for an app `fromFetch` made: its handler is called directly, without the fiber and the
+ * platform's request and response wrappers the app would run in, which cost more per upgrade than the
+ * handshake itself (issue 9). It answers and logs as the app does: an accepted upgrade needs nothing
+ * more, a plain `Response` is written as is, and the rare rest (a throw, a value that is no
+ * `Response`) takes the app's own path in a fiber.
+ */
+const upgradeWithFetch = (handler: FetchHandler, request: Request, fork: Fork) => {
+  const answered = (response: Response | undefined): Promise<void> | undefined => {
+    if (!(response instanceof Response)) {
+      fork(answerWith(request, Effect.sync(() => HttpServerResponse.fromWeb(response!))))
+      return undefined
+    }
+    const raw = rawUpgradeOf(request)!
+    return raw.upgraded ? undefined : writeResponse(raw.socket, response, request.method)
+  }
+  const thrown = (cause: unknown) => {
+    fork(answerWith(request, Effect.map(answerThrown(new UnknownException(cause)), HttpServerResponse.fromWeb)))
+  }
+  let result: Response | Promise<Response>
+  try {
+    result = handler(request)
+  } catch (cause) {
+    return thrown(cause)
+  }
+  if (result instanceof Response) return answered(result)?.catch((cause) => fork(Effect.die(cause)))
+  Promise.resolve(result).then(answered, thrown).catch((cause) => fork(Effect.die(cause)))
+}
+
 const upgradeListener = <E, R>(app: HttpApp.Default<E, R>, refusals: Refusals | undefined) =>
-  Effect.map(FiberSet.makeRuntime<Exclude<R, HttpServerRequest.HttpServerRequest>>(), (runFork) =>
-    (req: Http.IncomingMessage, socket: Duplex, head: Buffer) => {
+  Effect.map(FiberSet.makeRuntime<Exclude<R, HttpServerRequest.HttpServerRequest>>(), (runFork) => {
+    const handler = fetchHandlers.get(app)
+    return (req: Http.IncomingMessage, socket: Duplex, head: Buffer) => {
       // Until ws takes the socket over, an error on it (a reset) must not go unhandled.
       socket.on("error", destroyThis)
       const request = toWebRequest(req, socket, head)
       if (request === undefined) return refuseUpgrade(socket, refusals)
+      if (handler !== undefined) return upgradeWithFetch(handler, request, runFork as Fork)
       runFork(
-        (app as HttpApp.Default<E, HttpServerRequest.HttpServerRequest>).pipe(
-          Effect.provideService(HttpServerRequest.HttpServerRequest, HttpServerRequest.fromWeb(request)),
-          Effect.catchAllCause(respondToCause),
-          Effect.flatMap((response) => answerUpgrade(request, response))
+        answerWith(
+          request,
+          (app as HttpApp.Default<E, HttpServerRequest.HttpServerRequest>).pipe(
+            Effect.provideService(HttpServerRequest.HttpServerRequest, HttpServerRequest.fromWeb(request))
+          )
         ) as Effect.Effect<void, never, Exclude<R, HttpServerRequest.HttpServerRequest>>
       )
-    })
+    }
+  })
 
 /**
  * A listener for Node's `upgrade` event that runs the app on each upgrade. An upgrade a fetch
