@@ -251,6 +251,30 @@ describe("drop-oldest keeps exactly the newest maxQueuedMessages", () => {
     expect(counter(Manager.broadcastMetrics.dropped) - dropped).toBe(PUBLISHED - KEPT)
   })
 
+  it("unsubscribing a socket with a waiting backlog lets the backlog go: counted as dropped, never written", async () => {
+    const options = { policy: "drop-oldest", maxBackpressure: bound, maxQueuedMessages: KEPT } as const
+    const { broadcaster, connect, harness } = await setup({}, options)
+    // A reading subscriber keeps the channel alive once the slow one has left it.
+    const stayer = await connect()
+    const { client, server } = await connect()
+    // The manager's fillers (under its own 1 MiB bound) put the socket over the channel's bound.
+    const fillers = await stall(client, server, bound, (message) => harness.manager.broadcast(message))
+    await eventually(() => stayer.server.bufferedAmount === 0, 10_000, "the reading client to catch up")
+    for (let n = 0; n < 3; n++) expect(await broadcaster.broadcast("feed", `${n}:`)).toBe(1)
+    expect(broadcaster.getStats().channels.feed).toMatchObject({ backlogged: 1, dropped: 0 })
+    expect(broadcaster.unsubscribe(server, "feed")).toBe(true)
+    expect(broadcaster.getStats().channels.feed).toMatchObject({ subscribers: 1, backlogged: 0, dropped: 3 })
+    // Once the client reads again and the socket has drained (the moment a backlog would be written),
+    // a last message sent straight to the socket follows the fillers and nothing else.
+    const labels = labelsUntil(client, "last")
+    rawSocketOf(client).resume()
+    await eventually(() => server.bufferedAmount === 0, 10_000, "the socket to drain")
+    await sleep(50)
+    server.send("last")
+    expect(await labels).toEqual([...Array.from({ length: fillers }, (_, n) => `filler ${n}`), "last"])
+    expect(broadcaster.getStats().channels.feed).toMatchObject({ delivered: 3, dropped: 3 })
+  })
+
   it("a backlog whose socket closes is let go, what it held counted as dropped", async () => {
     const options = { policy: "drop-oldest", maxBackpressure: bound, maxQueuedMessages: KEPT } as const
     const { broadcaster, connect, harness } = await setup({ broadcast: options }, options)
@@ -340,5 +364,44 @@ describe("a drop-oldest backlog is written as soon as the socket can take it", (
       5_000,
       "delivered + dropped to account for every message"
     )
+  })
+})
+
+/**
+ * Pauses a client and writes large fillers straight to its server socket until the loopback buffers
+ * are full and the send buffer holds still; returns its size, which stays put while the client is paused.
+ */
+const heldStill = async (client: WebSocket, server: WebSocket) => {
+  rawSocketOf(client).pause()
+  const filler = "f".repeat(1024 * 1024)
+  for (let fillers = 0; fillers < 128; fillers++) {
+    const before = server.bufferedAmount
+    if (before > 0) {
+      await sleep(200)
+      if (server.bufferedAmount === before) return before
+    }
+    server.send(filler)
+    await sleep(20)
+  }
+  throw new Error("the send buffer never held still")
+}
+
+describe("the bound is exact", () => {
+  it("a socket with exactly maxBackpressure bytes waiting still gets the message; one byte over, it does not", async () => {
+    const { connect } = await setup()
+    const { client, server } = await connect()
+    const waiting = await heldStill(client, server)
+    const bounded = new Broadcaster({ channels: { under: { maxBackpressure: waiting - 1 }, at: { maxBackpressure: waiting } } })
+    cleanups.push(() => bounded.close())
+    bounded.subscribe(server, "under")
+    bounded.subscribe(server, "at")
+    expect(await bounded.broadcast("under", "dropped")).toBe(0)
+    expect(server.bufferedAmount).toBe(waiting)
+    expect(await bounded.broadcast("at", "written")).toBe(1)
+    expect(server.bufferedAmount).toBeGreaterThan(waiting)
+    expect(bounded.getStats().channels).toMatchObject({
+      under: { delivered: 0, dropped: 1 },
+      at: { delivered: 1, dropped: 0 }
+    })
   })
 })

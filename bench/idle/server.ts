@@ -1,18 +1,27 @@
 /**
  * An idle-connection server under test, one variant per process, reporting its memory after GC:
- * `ws` (with the heartbeat its README recommends), `socket.io`, or `manager` (this library).
+ * `ws` (with the heartbeat its README recommends), `socket.io`, or `manager` (this library), and
+ * for the manager what it holds (fibers, pending upgrades, its registry's maps); bench/churn uses it too.
+ * Every variant pings on the interval and timeout given (socket.io: `pingInterval`/`pingTimeout`).
  */
 import { createServer } from "node:http"
 import type { AddressInfo } from "node:net"
 import { Server as SocketIOServer } from "socket.io"
 import WebSocket, { WebSocketServer } from "ws"
+import { registries } from "../../src/internal/registry.js"
 import { serve, WebSocketManager } from "../../src/promise/index.js"
 
 const variant = process.argv[2] as "ws" | "socket.io" | "manager"
-const HEARTBEAT_INTERVAL = 30_000
-const HEARTBEAT_TIMEOUT = 10_000
+const [HEARTBEAT_INTERVAL, HEARTBEAT_TIMEOUT] = [Number(process.argv[3]), Number(process.argv[4])]
 
-const start = async (): Promise<{ port: number; connected: () => number }> => {
+interface Target {
+  readonly port: number
+  readonly connected: () => number
+  /** What the server still holds beyond open connections (the manager only). */
+  readonly held?: () => Record<string, number>
+}
+
+const start = async (): Promise<Target> => {
   switch (variant) {
     case "ws": {
       const wss = new WebSocketServer({ port: 0, host: "127.0.0.1" })
@@ -33,7 +42,12 @@ const start = async (): Promise<{ port: number; connected: () => number }> => {
     }
     case "socket.io": {
       const http = createServer()
-      const io = new SocketIOServer(http, { transports: ["websocket"], serveClient: false })
+      const io = new SocketIOServer(http, {
+        transports: ["websocket"],
+        serveClient: false,
+        pingInterval: HEARTBEAT_INTERVAL,
+        pingTimeout: HEARTBEAT_TIMEOUT
+      })
       await new Promise<void>((resolve) => http.listen(0, "127.0.0.1", resolve))
       return { port: (http.address() as AddressInfo).port, connected: () => io.of("/").sockets.size }
     }
@@ -44,7 +58,11 @@ const start = async (): Promise<{ port: number; connected: () => number }> => {
         heartbeatTimeout: HEARTBEAT_TIMEOUT
       })
       const server = await serve({ port: 0, fetch: async (request) => (await manager.accept(request)).response })
-      return { port: server.port, connected: () => manager.getActiveConnections() }
+      return {
+        port: server.port,
+        connected: () => manager.getActiveConnections(),
+        held: () => ({ ...manager.getStats(), ...registries.get(manager.service)!.sizes })
+      }
     }
   }
 }
@@ -61,7 +79,11 @@ const settle = async () => {
 const target = await start()
 const before = await settle()
 process.on("message", async (command: any) => {
-  if (command.type === "count") process.send!({ type: "count", connected: target.connected() })
+  if (command.type === "cpu") {
+    const { system, user } = process.cpuUsage()
+    process.send!({ type: "cpu", micros: system + user })
+  }
+  if (command.type === "count") process.send!({ type: "count", connected: target.connected(), held: target.held?.() })
   if (command.type === "memory") process.send!({ type: "memory", before, after: await settle() })
 })
 process.send!({ type: "listening", port: target.port })

@@ -8,7 +8,7 @@
  * shut down delivers what is still unsettled once its fiber has stopped, so no broadcast is lost.
  */
 import type { Fiber, Metric, PubSub, Queue, Scope } from "effect"
-import { Deferred, Effect, Exit } from "effect"
+import { Effect, Exit } from "effect"
 import type WebSocket from "ws"
 import type { ChannelConfig } from "../options.js"
 import type { ConnectionImpl } from "./connection.js"
@@ -22,8 +22,12 @@ export interface Envelope {
   /** The socket that does not get this message. */
   readonly exclude: WebSocket | undefined
   readonly filter: ((socket: WebSocket) => boolean) | undefined
-  /** Completed with the number of sockets written to, once the channel has delivered. */
-  readonly done: Deferred.Deferred<number>
+  /**
+   * Resumes the broadcast with the number of sockets written to, once the channel has delivered.
+   * A callback of `Effect.async` rather than a `Deferred`: `Deferred.unsafeMake` copies the whole
+   * Effect prototype into each instance, and was the largest cost of a broadcast after the writes.
+   */
+  readonly done: (result: Effect.Effect<number>) => void
 }
 
 export interface ChannelMetrics extends FanOutMetrics {
@@ -108,7 +112,7 @@ export class ChannelActor {
       audiences.push(audience)
     }
     const counts = this.fanOut.send(this.subscribers, envelopes.map((envelope) => envelope.encoded), audiences)
-    envelopes.forEach((envelope, i) => Deferred.unsafeDone(envelope.done, Exit.succeed(counts[i]!)))
+    envelopes.forEach((envelope, i) => envelope.done(Exit.succeed(counts[i]!)))
   }
 
   /**
@@ -126,7 +130,7 @@ export class ChannelActor {
       }
       return kept
     } catch (error) {
-      Deferred.unsafeDone(envelope.done, Effect.die(error))
+      envelope.done(Effect.die(error))
       return undefined
     }
   }
