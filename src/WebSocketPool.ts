@@ -335,25 +335,24 @@ export const make = (options: WebSocketPoolOptions): Effect.Effect<WebSocketPool
 
     /**
      * An acquisition: a place among the `maxConnections` inside effect's Pool (in arrival order),
-     * then a connection. Uninterruptible but for the waits, so no exit loses its place or its
-     * connection; `holder` says who gives them back.
+     * then a connection. Run uninterruptibly by its caller, with `restore` for the waits only: no
+     * exit loses its place or its connection, and the caller takes the loan over (its `holder`)
+     * before anything can interrupt it.
      */
-    const acquire = (holder: Loan["holder"]) =>
+    const acquire = (holder: Loan["holder"], restore: Restore) =>
       Effect.suspend((): Effect.Effect<Loan, AcquireError> => {
         if (closed) return Effect.fail(new PoolClosed())
         if (!backends.some((backend) => backend.available)) {
           return Effect.fail(new NoHealthyBackend({ backends: backendIds }))
         }
         const deadline = Date.now() + config.acquireTimeout
-        return Effect.uninterruptibleMask((restore) =>
-          Effect.zipRight(
-            restore(admission.enter(deadline, config.acquireTimeout)),
-            take(deadline, restore).pipe(
-              Effect.tap((loan) => {
-                loan.holder = holder
-              }),
-              Effect.onError(() => Effect.sync(() => admission.leave()))
-            )
+        return Effect.zipRight(
+          restore(admission.enter(deadline, config.acquireTimeout)),
+          take(deadline, restore).pipe(
+            Effect.tap((loan) => {
+              loan.holder = holder
+            }),
+            Effect.onError(() => Effect.sync(() => admission.leave()))
           )
         )
       })
@@ -361,13 +360,14 @@ export const make = (options: WebSocketPoolOptions): Effect.Effect<WebSocketPool
     /** Gives the connection back, then the place in effect's Pool to the next waiter. */
     const endLoan = (loan: Loan) => Effect.ensuring(closeLoan(loan), Effect.sync(() => admission.leave()))
 
-    // `restore` leaves the acquisition its waits; what follows it cannot be interrupted, so a
-    // connection handed to a caller interrupted at that moment is still given back.
     const get = Effect.uninterruptibleMask((restore) =>
-      Effect.flatMap(restore(acquire("get")), (loan) => Effect.as(Effect.addFinalizer(() => endLoan(loan)), loan.socket))
+      Effect.flatMap(
+        acquire("get", restore),
+        (loan) => Effect.as(Effect.addFinalizer(() => endLoan(loan)), loan.socket)
+      )
     )
 
-    const checkout = Effect.uninterruptibleMask((restore) => Effect.map(restore(acquire("checkout")), (loan) => loan.socket))
+    const checkout = Effect.uninterruptibleMask((restore) => Effect.map(acquire("checkout", restore), (loan) => loan.socket))
 
     const release = (socket: WebSocket) =>
       Effect.suspend(() => {
