@@ -6,7 +6,7 @@
  * Each variant imports only its own library, so that its memory is its own.
  */
 import type { AddressInfo } from "node:net"
-import WebSocket, { WebSocketServer } from "ws"
+import { listenWithHeartbeat } from "../wsHeartbeat.js"
 
 const variant = process.argv[2] as "ws" | "broadcaster"
 const [HEARTBEAT_INTERVAL, HEARTBEAT_TIMEOUT] = [Number(process.argv[3]), Number(process.argv[4])]
@@ -15,20 +15,7 @@ const BROADCAST_EVERY = 1_000
 const start = async (): Promise<{ port: number; connected: () => number; broadcast: (text: string) => void }> => {
   switch (variant) {
     case "ws": {
-      const wss = new WebSocketServer({ port: 0, host: "127.0.0.1" })
-      const alive = new WeakSet<WebSocket>()
-      wss.on("connection", (ws) => {
-        alive.add(ws)
-        ws.on("pong", () => alive.add(ws))
-      })
-      setInterval(() => {
-        for (const ws of wss.clients) {
-          if (!alive.has(ws)) ws.terminate()
-          alive.delete(ws)
-          ws.ping()
-        }
-      }, HEARTBEAT_INTERVAL)
-      await new Promise((resolve) => wss.once("listening", resolve))
+      const wss = await listenWithHeartbeat(HEARTBEAT_INTERVAL)
       return {
         port: (wss.address() as AddressInfo).port,
         connected: () => wss.clients.size,

@@ -7,9 +7,9 @@
 import { createServer } from "node:http"
 import type { AddressInfo } from "node:net"
 import { Server as SocketIOServer } from "socket.io"
-import WebSocket, { WebSocketServer } from "ws"
 import { registries } from "../../src/internal/registry.js"
 import { serve, WebSocketManager } from "../../src/promise/index.js"
+import { listenWithHeartbeat } from "../wsHeartbeat.js"
 
 const variant = process.argv[2] as "ws" | "socket.io" | "manager"
 const [HEARTBEAT_INTERVAL, HEARTBEAT_TIMEOUT] = [Number(process.argv[3]), Number(process.argv[4])]
@@ -24,20 +24,7 @@ interface Target {
 const start = async (): Promise<Target> => {
   switch (variant) {
     case "ws": {
-      const wss = new WebSocketServer({ port: 0, host: "127.0.0.1" })
-      const alive = new WeakSet<WebSocket>()
-      wss.on("connection", (ws) => {
-        alive.add(ws)
-        ws.on("pong", () => alive.add(ws))
-      })
-      setInterval(() => {
-        for (const ws of wss.clients) {
-          if (!alive.has(ws)) ws.terminate()
-          alive.delete(ws)
-          ws.ping()
-        }
-      }, HEARTBEAT_INTERVAL)
-      await new Promise((resolve) => wss.once("listening", resolve))
+      const wss = await listenWithHeartbeat(HEARTBEAT_INTERVAL)
       return { port: (wss.address() as AddressInfo).port, connected: () => wss.clients.size }
     }
     case "socket.io": {
