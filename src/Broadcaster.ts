@@ -24,16 +24,19 @@ import {
   FiberSet,
   Layer,
   Metric,
+  Option,
   PubSub,
   Scope as ScopeModule,
   Stream
 } from "effect"
 import type WebSocket from "ws"
 import type { Connection } from "./Connection.js"
+import * as ClusterBus from "./ClusterBus.js"
 import type { InvalidOptions, MessageEncodeError } from "./errors.js"
-import { BroadcasterClosed, NotAManagedSocket } from "./errors.js"
+import { BroadcasterClosed, ClusterPublishFailed, FilterNotSerializable, NotAManagedSocket } from "./errors.js"
 import type { ChannelMetrics, Envelope } from "./internal/channel.js"
 import { ChannelActor } from "./internal/channel.js"
+import * as ClusterEnvelope from "./internal/clusterEnvelope.js"
 import type { ConnectionImpl } from "./internal/connection.js"
 import { fromSocket } from "./internal/connection.js"
 import * as Encode from "./internal/encode.js"
@@ -69,8 +72,13 @@ export type Subscriber = WebSocket | Connection
 export interface BroadcastOptions {
   /** This socket (or connection) does not get the message, typically its sender. */
   readonly exclude?: Subscriber | undefined
-  /** Only sockets for which it returns true get the message. */
+  /**
+   * Only sockets for which it returns true get the message. A function cannot reach other nodes:
+   * with a cross-node bus it needs `local: true`, or the broadcast fails with `FilterNotSerializable`.
+   */
   readonly filter?: ((socket: WebSocket) => boolean) | undefined
+  /** This node's subscribers only, even with a cross-node bus. */
+  readonly local?: boolean | undefined
 }
 
 /**
@@ -85,8 +93,12 @@ export interface Channel {
   readonly broadcast: (
     message: unknown,
     options?: BroadcastOptions
-  ) => Effect.Effect<number, MessageEncodeError | BroadcasterClosed>
-  /** Every message published to the channel, for server-side consumers; it ends when the Broadcaster closes. */
+  ) => Effect.Effect<number, BroadcastError>
+  /**
+   * Every message published to the channel, on any node, for server-side consumers; it ends when
+   * the Broadcaster closes. Messages from other nodes come back as the publisher gave them: a
+   * string, a JSON value (parsed again), or a Buffer.
+   */
   readonly messages: Stream.Stream<unknown, BroadcasterClosed>
 }
 
@@ -136,12 +148,16 @@ export interface Broadcaster {
    * whose last subscriber leaves, with no stream consumer and nothing in flight, is removed.
    */
   readonly unsubscribe: (subscriber: Subscriber, channel: string) => Effect.Effect<boolean, NotAManagedSocket>
-  /** Resolves with the number of sockets written to; 0 for a channel that does not exist. */
+  /**
+   * Resolves with the number of this node's sockets written to; 0 for a channel with no subscriber
+   * here. With a cross-node bus the message is also published once for the other nodes; when the
+   * bus cannot take it, it fails with `ClusterPublishFailed` (carrying the local count).
+   */
   readonly broadcast: (
     channel: string,
     message: unknown,
     options?: BroadcastOptions
-  ) => Effect.Effect<number, MessageEncodeError | BroadcasterClosed>
+  ) => Effect.Effect<number, BroadcastError>
   /** The channels a socket is subscribed to. */
   readonly channelsOf: (subscriber: Subscriber) => Effect.Effect<ReadonlyArray<string>, NotAManagedSocket>
   readonly stats: Effect.Effect<Stats>
@@ -152,6 +168,12 @@ export interface Broadcaster {
    */
   readonly close: Effect.Effect<void>
 }
+
+/**
+ * @since 0.1.0
+ * @category errors
+ */
+export type BroadcastError = MessageEncodeError | BroadcasterClosed | ClusterPublishFailed | FilterNotSerializable
 
 /**
  * @since 0.1.0
@@ -186,6 +208,38 @@ const channelMetrics = (name: string): ChannelMetrics => ({
   subscribers: Metric.tagged(metrics.subscribers, "channel", name)
 })
 
+const ignore = () => {}
+
+/** What another node published, as the channel's envelope: no socket of this node is excluded. */
+const remoteEnvelope = (received: ClusterEnvelope.Received): Envelope => ({
+  get message() {
+    return received.message
+  },
+  encoded: received.encoded,
+  exclude: undefined,
+  filter: undefined,
+  done: ignore
+})
+
+/**
+ * A local delivery's count, awaited after the bus publish was issued: `done` may come first
+ * (no channel here) or later (the channel fiber's next batch).
+ */
+const settlement = () => {
+  let result: Effect.Effect<number> | undefined
+  let resume: ((result: Effect.Effect<number>) => void) | undefined
+  return {
+    done: (settled: Effect.Effect<number>) => {
+      if (resume === undefined) result = settled
+      else resume(settled)
+    },
+    wait: Effect.async<number>((callback) => {
+      if (result === undefined) resume = callback
+      else callback(result)
+    })
+  }
+}
+
 /** Enough to coalesce a burst into one write per socket without holding a socket's writes back. */
 const MAX_BATCH = 256
 
@@ -206,6 +260,8 @@ const connectionOf = (subscriber: Subscriber): Either.Either<ConnectionImpl, Not
 export const make = (options?: BroadcasterOptions): Effect.Effect<Broadcaster, InvalidOptions, Scope.Scope> =>
   Effect.gen(function*() {
     const config: BroadcasterConfig = yield* decode(BroadcasterOptionsSchema, options)
+    const bus = Option.getOrElse(yield* Effect.serviceOption(ClusterBus.ClusterBus), () => ClusterBus.local)
+    const origin = ClusterEnvelope.originOf(bus)
     const fibers = yield* FiberSet.make<unknown, unknown>()
     const runFork = yield* FiberSet.runtime(fibers)<never>()
     const channels = new Map<string, ChannelActor>()
@@ -248,6 +304,16 @@ export const make = (options?: BroadcasterOptions): Effect.Effect<Broadcaster, I
         )
         channels.set(name, actor)
         actor.fiber = runFork(actor.run(MAX_BATCH))
+        // Other nodes' messages for the channel arrive only while it exists here, that is while
+        // this node has a subscriber or a consumer of it (or a message on its way).
+        if (bus.crossNode) {
+          yield* ScopeModule.extend(
+            ClusterEnvelope.listen(bus, ClusterEnvelope.topics.channel(name), (received) => {
+              if (channels.get(name) === actor) actor.publish(remoteEnvelope(received))
+            }),
+            scope
+          )
+        }
         return actor
       })
 
@@ -291,7 +357,7 @@ export const make = (options?: BroadcasterOptions): Effect.Effect<Broadcaster, I
 
     // One synchronous step from the `closed` check to the publish: a fiber may yield between two
     // effects, and a close in between would leave the message in a channel that no longer delivers.
-    const broadcast: Broadcaster["broadcast"] = (name, message, options) =>
+    const broadcastHere = (name: string, message: unknown, options: BroadcastOptions | undefined) =>
       Effect.async<number, MessageEncodeError | BroadcasterClosed>((resume) => {
         if (closed) return resume(Effect.fail(new BroadcasterClosed()))
         const encoded = Encode.encode(message)
@@ -301,6 +367,39 @@ export const make = (options?: BroadcasterOptions): Effect.Effect<Broadcaster, I
         const exclude = options?.exclude === undefined ? undefined : socketOf(options.exclude)
         actor.publish({ message, encoded: encoded.right, exclude, filter: options?.filter, done: resume })
       })
+
+    /**
+     * The bus publish is issued in the caller's first step, before the local delivery settles, so
+     * one publisher's broadcasts reach the bus in the order they were made, whatever the channel.
+     */
+    const broadcastEverywhere = (name: string, message: unknown, options: BroadcastOptions | undefined) =>
+      Effect.suspend((): Effect.Effect<number, BroadcastError> => {
+        if (closed) return Effect.fail(new BroadcasterClosed())
+        if (options?.filter !== undefined) return Effect.fail(new FilterNotSerializable())
+        const encoded = Encode.encode(message)
+        if (Either.isLeft(encoded)) return Effect.fail(encoded.left)
+        const delivered = settlement()
+        const actor = channels.get(name)
+        if (actor === undefined) delivered.done(Exit.succeed(0))
+        else {
+          const exclude = options?.exclude === undefined ? undefined : socketOf(options.exclude)
+          actor.publish({ message, encoded: encoded.right, exclude, filter: undefined, done: delivered.done })
+        }
+        const topic = ClusterEnvelope.topics.channel(name)
+        return Effect.zipWith(
+          Effect.either(bus.publish(topic, ClusterEnvelope.wrap(origin, message, encoded.right))),
+          delivered.wait,
+          (published, count) =>
+            Either.isLeft(published)
+              ? Effect.fail(new ClusterPublishFailed({ topic, delivered: count, cause: published.left }))
+              : Effect.succeed(count)
+        ).pipe(Effect.flatten)
+      })
+
+    const broadcast: Broadcaster["broadcast"] = (name, message, options) =>
+      bus.crossNode && options?.local !== true
+        ? broadcastEverywhere(name, message, options)
+        : broadcastHere(name, message, options)
 
     const close = Effect.suspend(() => {
       if (closed) return Effect.void

@@ -22,18 +22,29 @@ import {
   Layer,
   Metric,
   Option,
+  Schedule,
   Scope
 } from "effect"
 import type { ConfigError } from "effect/ConfigError"
 import { randomUUID } from "node:crypto"
 import type WebSocket from "ws"
+import * as ClusterBus from "./ClusterBus.js"
 import type { Connection, ConnectionContext } from "./Connection.js"
-import type { AcceptError, InvalidClose, InvalidOptions } from "./errors.js"
-import { ConnectionTimeout, HandlerFailed, HandshakeFailed, HeartbeatTimeout, ManagerClosed } from "./errors.js"
+import type { AcceptError, ClusterUnavailable, InvalidClose, InvalidOptions } from "./errors.js"
+import {
+  ClusterPublishFailed,
+  ConnectionTimeout,
+  FilterNotSerializable,
+  HandlerFailed,
+  HandshakeFailed,
+  HeartbeatTimeout,
+  ManagerClosed
+} from "./errors.js"
 import type { MessageEncodeError } from "./errors.js"
 import * as Heartbeat from "./Heartbeat.js"
 import type { Identity } from "./internal/authenticate.js"
 import { anonymous, authenticate } from "./internal/authenticate.js"
+import * as ClusterEnvelope from "./internal/clusterEnvelope.js"
 import { checkClose, ConnectionImpl, endCounters } from "./internal/connection.js"
 import * as Encode from "./internal/encode.js"
 import { FanOut } from "./internal/fanout.js"
@@ -98,6 +109,21 @@ export type BroadcastFilter = (socket: WebSocket, context: ConnectionContext) =>
  * @since 0.1.0
  * @category models
  */
+export interface BroadcastOptions {
+  /** This node's connections only, even with a cross-node bus (the only way to use a filter there). */
+  readonly local?: boolean | undefined
+}
+
+/**
+ * @since 0.1.0
+ * @category errors
+ */
+export type BroadcastError = MessageEncodeError | ClusterPublishFailed | FilterNotSerializable
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
 export interface Stats {
   /** Open connections. */
   readonly connections: number
@@ -122,10 +148,30 @@ export interface WebSocketManager {
   readonly connections: Effect.Effect<ReadonlyArray<Connection>>
   readonly userConnections: (userId: string) => Effect.Effect<ReadonlyArray<Connection>>
   /**
-   * Encodes once, frames once, writes to every open connection the filter keeps; the count reached.
-   * A connection over the `broadcast` option's bound is handled by its policy (counted in `broadcastMetrics`).
+   * Encodes once, frames once, writes to every open connection the filter keeps; the count reached
+   * on this node. A connection over the `broadcast` option's bound is handled by its policy
+   * (counted in `broadcastMetrics`). With a cross-node bus the message is also published once for
+   * every other node's connections: a filter then needs `local: true` (`FilterNotSerializable`
+   * otherwise), and a message the bus cannot take fails with `ClusterPublishFailed`.
    */
-  readonly broadcast: (message: unknown, filter?: BroadcastFilter) => Effect.Effect<number, MessageEncodeError>
+  readonly broadcast: (
+    message: unknown,
+    filter?: BroadcastFilter,
+    options?: BroadcastOptions
+  ) => Effect.Effect<number, BroadcastError>
+  /**
+   * Every open socket of the user, on this node and, with a cross-node bus, on every other node:
+   * the count reached on this node.
+   */
+  readonly sendToUser: (
+    userId: string,
+    message: unknown
+  ) => Effect.Effect<number, MessageEncodeError | ClusterPublishFailed>
+  /**
+   * Open connections across the cluster: this node's live count plus every other node's last
+   * announced one (refreshed every third of `presenceTtl`). This node's count without a bus.
+   */
+  readonly clusterConnections: Effect.Effect<number, ClusterUnavailable>
   /**
    * Stops accepting, sends every connection a close frame after what is already queued for it,
    * waits for the close handshakes up to `closeTimeout`, then cuts the rest. A code or reason the
@@ -210,6 +256,55 @@ const untilEnded: Effect.Effect<never> = Effect.async<never>(() => {})
 
 const noTags: ReadonlyArray<never> = []
 
+const PRESENCE_GROUP = "connections"
+
+/**
+ * With a cross-node bus: every other node's broadcasts reach this node's connections, a user's
+ * messages reach that user's connections here (its topic is subscribed only while the user has
+ * one), and this node's connection count is announced every third of its TTL, for as long as the
+ * manager's scope is open.
+ */
+const joinCluster = (
+  bus: ClusterBus.ClusterBus,
+  registry: ConnectionRegistry,
+  fanOut: FanOut,
+  runFork: <A, E>(effect: Effect.Effect<A, E>) => unknown,
+  presenceMember: string,
+  presenceTtl: number
+) =>
+  Effect.gen(function*() {
+    yield* ClusterEnvelope.listen(bus, ClusterEnvelope.topics.everyone, (received) => {
+      fanOut.send(registry.connections.values(), [received.encoded], [true])
+    })
+    const userTopics = new Map<string, Scope.CloseableScope>()
+    registry.onUserPresence = (userId, present) => {
+      if (present) {
+        const scope = Effect.runSync(Scope.make())
+        userTopics.set(userId, scope)
+        runFork(Scope.extend(
+          ClusterEnvelope.listen(bus, ClusterEnvelope.topics.user(userId), (received) => {
+            const sockets = registry.userSet(userId)
+            if (sockets !== undefined) fanOut.send(sockets.values(), [received.encoded], [true])
+          }),
+          scope
+        ))
+      } else {
+        const scope = userTopics.get(userId)
+        userTopics.delete(userId)
+        if (scope !== undefined) runFork(Scope.close(scope, Exit.void))
+      }
+    }
+    yield* Effect.addFinalizer(() =>
+      Effect.forEach(userTopics.values(), (scope) => Scope.close(scope, Exit.void), { discard: true })
+    )
+    const announce = Effect.suspend(() =>
+      bus.announce(PRESENCE_GROUP, presenceMember, String(registry.size), presenceTtl)
+    ).pipe(
+      Effect.catchAll((error) => Effect.logWarning("could not announce this node's connection count", error))
+    )
+    yield* Effect.forkScoped(Effect.repeat(announce, Schedule.spaced(Duration.millis(Math.floor(presenceTtl / 3)))))
+  })
+
 /**
  * @since 0.1.0
  * @category constructors
@@ -226,6 +321,11 @@ export const make = (
     let closing = false
     // The same bounded fan-out as a Broadcaster channel's, with the `broadcast` option's bound and policy.
     const fanOut = new FanOut(config.broadcast, broadcastMetrics)
+    const bus = Option.getOrElse(yield* Effect.serviceOption(ClusterBus.ClusterBus), () => ClusterBus.local)
+    const origin = ClusterEnvelope.originOf(bus)
+    // Its own member name in the presence table, so that two managers on one bus do not clash.
+    const presenceMember = ClusterBus.makeNodeId()
+    if (bus.crossNode) yield* joinCluster(bus, registry, fanOut, runFork, presenceMember, config.presenceTtl)
 
     // Shared by every connection: no per-connection closure may be made inside `establish`, whose
     // scope (which a closure keeps alive whole) holds the upgrade request and its raw socket parts.
@@ -386,16 +486,48 @@ export const make = (
         return establish(request, raw, offered, protocol.right, reservation.right, acceptOptions?.handler)
       })
 
-    const broadcast: WebSocketManager["broadcast"] = (message, filter) =>
-      Effect.suspend(() => {
+    /** Issues the bus publish of what was delivered here; its failure carries the local count. */
+    const publishToCluster = (topic: string, message: unknown, encoded: Encode.Encoded, delivered: number) =>
+      Effect.as(
+        Effect.mapError(
+          bus.publish(topic, ClusterEnvelope.wrap(origin, message, encoded)),
+          (cause) => new ClusterPublishFailed({ topic, delivered, cause })
+        ),
+        delivered
+      )
+
+    const broadcast: WebSocketManager["broadcast"] = (message, filter, broadcastOptions) =>
+      Effect.suspend((): Effect.Effect<number, BroadcastError> => {
+        const crossNode = bus.crossNode && broadcastOptions?.local !== true
+        if (crossNode && filter !== undefined) return Effect.fail(new FilterNotSerializable())
         const encoded = Encode.encode(message)
         if (Either.isLeft(encoded)) return Effect.fail(encoded.left)
         // The filter runs over every connection before any write, so one that throws delivers nothing.
         const targets = filter === undefined
           ? registry.connections.values()
           : Array.from(registry.connections.values()).filter((c) => filter(c.socket, c.context))
-        return Effect.succeed(fanOut.send(targets, [encoded.right], [true])[0]!)
+        const delivered = fanOut.send(targets, [encoded.right], [true])[0]!
+        return crossNode
+          ? publishToCluster(ClusterEnvelope.topics.everyone, message, encoded.right, delivered)
+          : Effect.succeed(delivered)
       })
+
+    const sendToUser: WebSocketManager["sendToUser"] = (userId, message) =>
+      Effect.suspend((): Effect.Effect<number, MessageEncodeError | ClusterPublishFailed> => {
+        const encoded = Encode.encode(message)
+        if (Either.isLeft(encoded)) return Effect.fail(encoded.left)
+        const sockets = registry.userSet(userId)
+        const delivered = sockets === undefined ? 0 : fanOut.send(sockets.values(), [encoded.right], [true])[0]!
+        return bus.crossNode
+          ? publishToCluster(ClusterEnvelope.topics.user(userId), message, encoded.right, delivered)
+          : Effect.succeed(delivered)
+      })
+
+    const clusterConnections = Effect.map(bus.members(PRESENCE_GROUP), (states) => {
+      let total = registry.size
+      for (const [member, state] of states) if (member !== presenceMember) total += Number(state) || 0
+      return total
+    })
 
     const close: WebSocketManager["close"] = (code = 1001, reason = "Server shutdown") =>
       Effect.gen(function*() {
@@ -410,6 +542,8 @@ export const make = (
           for (const connection of registry.connections.values()) connection.terminate()
           yield* FiberSet.awaitEmpty(fibers)
         }
+        // A goodbye, so that the other nodes stop counting this one at once rather than after its TTL.
+        if (bus.crossNode) yield* Effect.ignore(bus.announce(PRESENCE_GROUP, presenceMember, "0", 1))
       })
 
     yield* Effect.addFinalizer(() => Effect.orDie(close()))
@@ -422,6 +556,8 @@ export const make = (
       connections: Effect.sync(() => Array.from(registry.connections.values())),
       userConnections: (userId) => Effect.sync(() => registry.ofUser(userId)),
       broadcast,
+      sendToUser,
+      clusterConnections,
       close,
       stats: Effect.map(FiberSet.size(fibers), (size) => ({
         connections: registry.size,

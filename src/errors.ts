@@ -359,6 +359,53 @@ export class BroadcasterClosed extends Data.TaggedError("BroadcasterClosed")<{}>
 }
 
 /**
+ * The cluster bus (Redis) cannot be reached: when its Layer is built, or for an operation that
+ * needs it while it is down. `engine` is where it was looked for, without credentials.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class ClusterUnavailable extends Data.TaggedError("ClusterUnavailable")<{
+  readonly engine: string
+  readonly cause: unknown
+}> {
+  get message() {
+    const cause = this.cause instanceof Error ? this.cause.message : String(this.cause)
+    return `Cluster bus unavailable at ${this.engine}: ${cause}`
+  }
+}
+
+/**
+ * A broadcast reached this node's sockets (`delivered` of them) but could not be handed to the
+ * cluster bus, so other nodes did not get it. Nothing is retried: the caller decides.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class ClusterPublishFailed extends Data.TaggedError("ClusterPublishFailed")<{
+  readonly topic: string
+  readonly delivered: number
+  readonly cause: ClusterUnavailable
+}> {
+  get message() {
+    return `Delivered on this node to ${this.delivered} socket(s), not published to other nodes (${this.topic}): ${this.cause.message}`
+  }
+}
+
+/**
+ * A broadcast with a `filter` function was asked to cross nodes: a function cannot travel
+ * between processes. Pass `local: true` to deliver it on this node only.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class FilterNotSerializable extends Data.TaggedError("FilterNotSerializable")<{}> {
+  get message() {
+    return "A broadcast filter is a function of this process and cannot reach other nodes: pass { local: true } to filter this node's sockets only"
+  }
+}
+
+/**
  * A close code or reason the WebSocket protocol does not allow (RFC 6455 §7.4): the codes are
  * 1000–1003, 1007–1014 and 3000–4999, the reason at most 123 UTF-8 bytes. Nothing was closed.
  *

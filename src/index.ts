@@ -4,6 +4,7 @@
  * @since 0.1.0
  */
 export * as Broadcaster from "./Broadcaster.js"
+export * as ClusterBus from "./ClusterBus.js"
 export * as Connection from "./Connection.js"
 export * from "./errors.js"
 export * as Heartbeat from "./Heartbeat.js"

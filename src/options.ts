@@ -161,7 +161,13 @@ export const WebSocketManagerOptions = Schema.Struct({
    */
   broadcast: Schema.optionalWith(Schema.suspend((): typeof ChannelOptions => ChannelOptions), {
     default: () => ChannelOptions.make({})
-  })
+  }),
+  /**
+   * With a cross-node bus: how long this node's connection count stays in the cluster's presence
+   * table unless refreshed (every third of it). A node that dies without a goodbye drops out of
+   * `getClusterConnections` within this time.
+   */
+  presenceTtl: Schema.optionalWith(PositiveMillis.pipe(Schema.greaterThanOrEqualTo(30)), { default: () => 15_000 })
 }).pipe(
   Schema.filter((options) =>
     options.heartbeatInterval > 0 && options.heartbeatTimeout > options.heartbeatInterval

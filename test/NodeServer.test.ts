@@ -458,6 +458,28 @@ describe("NodeServer (Effect API)", () => {
       expect(logged[0]).toMatch(/app bug 9012/)
     }))))
 
+  it("closing its scope ends the WebSockets it upgraded with 1001, even while their manager lives on", () =>
+    Effect.runPromise(Effect.scoped(Effect.gen(function*() {
+      const { WebSocketManager: Manager } = yield* Effect.promise(() => import("../src/index.js"))
+      const manager = yield* Manager.make()
+      const serverScope = yield* Scope.make()
+      const server = yield* Scope.extend(
+        NodeServer.serve(NodeServer.fromFetch((request) =>
+          Effect.runPromise(Effect.map(manager.accept(request), ({ response }) => response))
+        )),
+        serverScope
+      )
+      const ws = yield* Effect.promise(() => openClient(server.url.replace("http", "ws")))
+      const closed = closeOf(ws)
+      // Before the fix this waited for the client to leave: the server kept its upgraded socket.
+      yield* Scope.close(serverScope, Exit.void).pipe(Effect.timeoutFail({
+        duration: "3 seconds",
+        onTimeout: () => new Error("the server's scope did not close with a client connected")
+      }))
+      expect((yield* Effect.promise(() => closed)).code).toBe(1001)
+      yield* Effect.promise(() => eventually(() => Effect.runSync(manager.activeConnections) === 0))
+    }))))
+
   it("takes headersTimeout, and fails with InvalidOptions on a bad one", () =>
     Effect.runPromise(Effect.scoped(Effect.gen(function*() {
       const server = yield* NodeServer.serve(NodeServer.fromFetch(() => new Response("fine")), { headersTimeout: 300 })

@@ -24,7 +24,7 @@ const app = Effect.gen(function*() {
       handler: (connection) =>
         connection.messages.pipe(
           Stream.mapEffect((raw) => Schema.decodeUnknown(Inbound)(raw).pipe(Effect.either)),
-          Stream.runForEach((decoded) =>
+          Stream.runForEach((decoded): Effect.Effect<unknown, unknown> =>
             decoded._tag === "Right"
               ? manager.broadcast({ from: connection.context.userId, text: decoded.right.text })
               : connection.send({ error: "expected {\"text\": string}" })

@@ -30,6 +30,8 @@ export class ConnectionRegistry {
   private readonly perUser = new Map<string, number>()
   private readonly perIp = new Map<string, number>()
   private reserved = 0
+  /** Told when a user's first connection arrives (true) and when the last one leaves (false). */
+  onUserPresence: ((userId: string, present: boolean) => void) | undefined = undefined
 
   constructor(private readonly config: WebSocketManagerConfig) {}
 
@@ -77,8 +79,12 @@ export class ConnectionRegistry {
     const userId = connection.context.userId
     if (userId === undefined) return
     const sockets = this.byUser.get(userId)
-    if (sockets === undefined) this.byUser.set(userId, new Set([connection]))
-    else sockets.add(connection)
+    if (sockets !== undefined) {
+      sockets.add(connection)
+      return
+    }
+    this.byUser.set(userId, new Set([connection]))
+    this.onUserPresence?.(userId, true)
   }
 
   remove(connection: ConnectionImpl, reservation: Reservation): void {
@@ -87,7 +93,10 @@ export class ConnectionRegistry {
     const sockets = userId === undefined ? undefined : this.byUser.get(userId)
     if (sockets !== undefined) {
       sockets.delete(connection)
-      if (sockets.size === 0) this.byUser.delete(userId!)
+      if (sockets.size === 0) {
+        this.byUser.delete(userId!)
+        this.onUserPresence?.(userId!, false)
+      }
     }
     this.release(reservation)
   }
@@ -95,6 +104,11 @@ export class ConnectionRegistry {
   ofUser(userId: string): ReadonlyArray<ConnectionImpl> {
     const sockets = this.byUser.get(userId)
     return sockets === undefined ? [] : Array.from(sockets)
+  }
+
+  /** A user's live connections, without copying them. */
+  userSet(userId: string): ReadonlySet<ConnectionImpl> | undefined {
+    return this.byUser.get(userId)
   }
 
   /** Every map's size and the reserved count: all 0 once every connection and upgrade is gone. */

@@ -19,12 +19,14 @@ import { causeResponse, ServeError } from "@effect/platform/HttpServerError"
 import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
 import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
 import * as NodeHttpServer from "@effect/platform-node/NodeHttpServer"
-import { Cause, Effect, FiberSet, Schema, Scope } from "effect"
+import { Cause, Effect, FiberSet, Option, Schema, Scope } from "effect"
 import { UnknownException } from "effect/Cause"
 import * as Http from "node:http"
 import type { AddressInfo } from "node:net"
 import type { Duplex } from "node:stream"
+import type WebSocket from "ws"
 import type { InvalidOptions } from "../errors.js"
+import { fromSocket } from "../internal/connection.js"
 import {
   answerClientError,
   countBadRequest,
@@ -248,7 +250,22 @@ export const attach = <E, R>(
   attachWith(server, app, undefined)
 
 /**
- * Serves the app, upgrades included, until the scope closes. Requests a fetch `Request` cannot
+ * Ends an upgraded socket when its server shuts down: a WebSocket with a close frame (1001), as its
+ * manager's own `close` would, and a socket that never became one at once.
+ */
+const closeUpgraded = (socket: Duplex) => {
+  // ws keeps the WebSocket on its socket under a symbol it does not export.
+  const key = Object.getOwnPropertySymbols(socket).find((symbol) => symbol.description === "websocket")
+  const webSocket = key === undefined ? undefined : (socket as unknown as Record<symbol, WebSocket>)[key]
+  if (webSocket === undefined) return socket.destroy()
+  const connection = fromSocket(webSocket)
+  if (Option.isSome(connection)) connection.value.closeSocket(1001, "Server shutdown", "server-shutdown")
+  else webSocket.close(1001, "Server shutdown")
+}
+
+/**
+ * Serves the app, upgrades included, until the scope closes. Closing it ends the WebSockets it
+ * upgraded with 1001 (after what is already queued for them). Requests a fetch `Request` cannot
  * represent are answered 400 before the app sees them, and a request head that takes longer than
  * `headersTimeout` is answered 408; `stats` counts both.
  *
@@ -278,8 +295,17 @@ export const serve = <E, R>(
         Effect.async<void>((resume) => {
           server.close(() => resume(Effect.void))
           server.closeIdleConnections()
+          // The server stays open until its upgraded sockets end, and the manager that would close
+          // them may be closed after this scope: without this, shutting down with clients
+          // connected would wait for the clients to leave.
+          for (const socket of upgraded) closeUpgraded(socket)
         })
     )
+    const upgraded = new Set<Duplex>()
+    server.on("upgrade", (_request: Http.IncomingMessage, socket: Duplex) => {
+      upgraded.add(socket)
+      socket.once("close", () => upgraded.delete(socket))
+    })
     const refusals = new Refusals()
     const handleRequest = yield* (NodeHttpServer.makeHandler(app) as Effect.Effect<
       (req: Http.IncomingMessage, res: Http.ServerResponse) => void,
