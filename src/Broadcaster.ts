@@ -261,7 +261,7 @@ export const make = (options?: BroadcasterOptions): Effect.Effect<Broadcaster, I
   Effect.gen(function*() {
     const config: BroadcasterConfig = yield* decode(BroadcasterOptionsSchema, options)
     const bus = Option.getOrElse(yield* Effect.serviceOption(ClusterBus.ClusterBus), () => ClusterBus.local)
-    const origin = ClusterEnvelope.originOf(bus)
+    const origin = ClusterEnvelope.makeOrigin()
     const fibers = yield* FiberSet.make<unknown, unknown>()
     const runFork = yield* FiberSet.runtime(fibers)<never>()
     const channels = new Map<string, ChannelActor>()
@@ -308,7 +308,7 @@ export const make = (options?: BroadcasterOptions): Effect.Effect<Broadcaster, I
         // this node has a subscriber or a consumer of it (or a message on its way).
         if (bus.crossNode) {
           yield* ScopeModule.extend(
-            ClusterEnvelope.listen(bus, ClusterEnvelope.topics.channel(name), (received) => {
+            ClusterEnvelope.listen(bus, origin, ClusterEnvelope.topics.channel(name), (received) => {
               if (channels.get(name) === actor) actor.publish(remoteEnvelope(received))
             }),
             scope

@@ -37,7 +37,11 @@ export type TypeId = typeof TypeId
  */
 export interface ClusterBus {
   readonly [TypeId]: TypeId
-  /** This process's id in the cluster. */
+  /**
+   * This node's name on the engine (with Redis, its connections' client names), for operators.
+   * Envelopes carry their service's own origin id instead, so that two services sharing a bus
+   * still reach each other.
+   */
   readonly nodeId: string
   /** False for `local`: the services then skip the encoding and publishing meant for other nodes. */
   readonly crossNode: boolean
@@ -92,8 +96,7 @@ export const metrics = {
 }
 
 /**
- * A node id: random, so that a restarted process is a new node and the echo of a dead one is
- * never mistaken for its own.
+ * A node id: random, so that a restarted process is a new node.
  *
  * @since 0.1.0
  * @category constructors

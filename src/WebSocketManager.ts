@@ -266,6 +266,7 @@ const PRESENCE_GROUP = "connections"
  */
 const joinCluster = (
   bus: ClusterBus.ClusterBus,
+  origin: Buffer,
   registry: ConnectionRegistry,
   fanOut: FanOut,
   runFork: <A, E>(effect: Effect.Effect<A, E>) => unknown,
@@ -273,7 +274,7 @@ const joinCluster = (
   presenceTtl: number
 ) =>
   Effect.gen(function*() {
-    yield* ClusterEnvelope.listen(bus, ClusterEnvelope.topics.everyone, (received) => {
+    yield* ClusterEnvelope.listen(bus, origin, ClusterEnvelope.topics.everyone, (received) => {
       fanOut.send(registry.connections.values(), [received.encoded], [true])
     })
     const userTopics = new Map<string, Scope.CloseableScope>()
@@ -282,7 +283,7 @@ const joinCluster = (
         const scope = Effect.runSync(Scope.make())
         userTopics.set(userId, scope)
         runFork(Scope.extend(
-          ClusterEnvelope.listen(bus, ClusterEnvelope.topics.user(userId), (received) => {
+          ClusterEnvelope.listen(bus, origin, ClusterEnvelope.topics.user(userId), (received) => {
             const sockets = registry.userSet(userId)
             if (sockets !== undefined) fanOut.send(sockets.values(), [received.encoded], [true])
           }),
@@ -322,10 +323,10 @@ export const make = (
     // The same bounded fan-out as a Broadcaster channel's, with the `broadcast` option's bound and policy.
     const fanOut = new FanOut(config.broadcast, broadcastMetrics)
     const bus = Option.getOrElse(yield* Effect.serviceOption(ClusterBus.ClusterBus), () => ClusterBus.local)
-    const origin = ClusterEnvelope.originOf(bus)
-    // Its own member name in the presence table, so that two managers on one bus do not clash.
-    const presenceMember = ClusterBus.makeNodeId()
-    if (bus.crossNode) yield* joinCluster(bus, registry, fanOut, runFork, presenceMember, config.presenceTtl)
+    // Its own origin and presence entry, so that two managers sharing a bus count and reach each other.
+    const origin = ClusterEnvelope.makeOrigin()
+    const presenceMember = origin.toString()
+    if (bus.crossNode) yield* joinCluster(bus, origin, registry, fanOut, runFork, presenceMember, config.presenceTtl)
 
     // Shared by every connection: no per-connection closure may be made inside `establish`, whose
     // scope (which a closure keeps alive whole) holds the upgrade request and its raw socket parts.

@@ -6,12 +6,14 @@
  * re-encoded), and the kind says whether it is a string, JSON text or binary, so a server-side
  * consumer on another node gets back a value of the same shape.
  *
- * A node delivers its own publish locally at once, so the echo it gets back from the engine
- * carries its own id and is ignored. Anything that does not parse whole (another program
+ * A service (a Broadcaster, a manager) delivers its own publish locally at once, so the echo it
+ * gets back from the engine carries its own origin id and is ignored. The origin is the
+ * service's, not the process's: two services of one process sharing a bus reach each other. Anything that does not parse whole (another program
  * publishing on the topic, a future format) is counted and dropped, never delivered in part.
  */
 import type { Effect, Scope } from "effect"
 import { isUtf8 } from "node:buffer"
+import { randomUUID } from "node:crypto"
 import type { ClusterBus } from "../ClusterBus.js"
 import { metrics } from "../ClusterBus.js"
 import type { Encoded } from "./encode.js"
@@ -77,8 +79,8 @@ export const unwrap = (payload: Buffer, self: Buffer): Received | typeof ECHO | 
   return new Received({ data, binary: kind === Kind.Binary, frame: undefined }, kind, json)
 }
 
-/** The bytes of a node id as envelopes carry it. */
-export const originOf = (bus: ClusterBus): Buffer => Buffer.from(bus.nodeId)
+/** A new origin id, as envelopes carry it. */
+export const makeOrigin = (): Buffer => Buffer.from(randomUUID())
 
 /**
  * Listens on a topic for what other nodes publish, while the scope is open: the node's own echo
@@ -86,11 +88,11 @@ export const originOf = (bus: ClusterBus): Buffer => Buffer.from(bus.nodeId)
  */
 export const listen = (
   bus: ClusterBus,
+  self: Buffer,
   topic: string,
   onMessage: (received: Received) => void
-): Effect.Effect<void, never, Scope.Scope> => {
-  const self = originOf(bus)
-  return bus.subscribe(topic, (payload) => {
+): Effect.Effect<void, never, Scope.Scope> =>
+  bus.subscribe(topic, (payload) => {
     const received = unwrap(payload, self)
     if (received === ECHO) return
     if (received === undefined) {
@@ -100,7 +102,6 @@ export const listen = (
     metrics.received.unsafeUpdate(1, noTags)
     onMessage(received)
   })
-}
 
 /** The bus topics of the services, under the engine's own prefix. */
 export const topics = {

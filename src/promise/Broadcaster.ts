@@ -7,7 +7,9 @@ import { Exit, Scope } from "effect"
 import type WebSocket from "ws"
 import type * as Core from "../Broadcaster.js"
 import { make } from "../Broadcaster.js"
-import type { BroadcasterOptions } from "../options.js"
+import type { BroadcasterOptions as CoreOptions } from "../options.js"
+import type { RedisBusOptions } from "../RedisBus.js"
+import { onBus } from "./cluster.js"
 import { buildInScope, runPromise, runSync } from "./runtime.js"
 
 /**
@@ -16,7 +18,23 @@ import { buildInScope, runPromise, runSync } from "./runtime.js"
  */
 export interface BroadcastOptions {
   readonly exclude?: WebSocket
+  /** A function of this process: with `redis`, it needs `local: true` (`FilterNotSerializable` otherwise). */
   readonly filter?: (socket: WebSocket) => boolean
+  /** This node's subscribers only, even with `redis`. */
+  readonly local?: boolean
+}
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface BroadcasterOptions extends CoreOptions {
+  /**
+   * Broadcasts reach the channel's subscribers on every node: `{ url }` or `{ client }` (an
+   * `ioredis` client you hold). Connecting happens in the background; a broadcast the bus cannot
+   * take rejects with `ClusterPublishFailed`.
+   */
+  readonly redis?: RedisBusOptions
 }
 
 /**
@@ -40,7 +58,8 @@ export class Broadcaster {
 
   /** Throws `InvalidOptions` (naming the field) when an option is invalid. */
   constructor(options?: BroadcasterOptions) {
-    const { scope, service } = buildInScope(make(options))
+    const { redis, ...core } = options ?? {}
+    const { scope, service } = buildInScope(onBus(redis, make(core)))
     this.#scope = scope
     this.service = service
   }
@@ -71,8 +90,10 @@ export class Broadcaster {
   }
 
   /**
-   * Resolves with the number of sockets the message was written to; rejects with
-   * `MessageEncodeError`, or `BroadcasterClosed` once the broadcaster is closed.
+   * Resolves with the number of this node's sockets the message was written to; rejects with
+   * `MessageEncodeError`, or `BroadcasterClosed` once the broadcaster is closed. With `redis`, it
+   * is also published once for every other node, and rejects with `ClusterPublishFailed`
+   * (carrying the local count in `delivered`) when the bus cannot take it.
    */
   broadcast(channel: string, message: unknown, options?: BroadcastOptions): Promise<number> {
     return runPromise(this.service.broadcast(channel, message, options))

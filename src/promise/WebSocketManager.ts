@@ -7,8 +7,10 @@ import { Effect, Exit, Option, Scope } from "effect"
 import type WebSocket from "ws"
 import type { CloseInfo, ConnectionContext } from "../Connection.js"
 import { fromSocket } from "../Connection.js"
-import type { WebSocketManagerOptions } from "../options.js"
+import type { WebSocketManagerOptions as CoreOptions } from "../options.js"
+import type { RedisBusOptions } from "../RedisBus.js"
 import * as Core from "../WebSocketManager.js"
+import { onBus } from "./cluster.js"
 import { buildInScope, runPromise, runSync } from "./runtime.js"
 
 /**
@@ -32,6 +34,19 @@ export interface AcceptOptions {
 
 /**
  * @since 0.1.0
+ * @category models
+ */
+export interface WebSocketManagerOptions extends CoreOptions {
+  /**
+   * `broadcast` and `sendToUser` reach every node's connections, and `getClusterConnections`
+   * counts them: `{ url }` or `{ client }` (an `ioredis` client you hold). Connecting happens in
+   * the background.
+   */
+  readonly redis?: RedisBusOptions
+}
+
+/**
+ * @since 0.1.0
  * @category facade
  */
 export class WebSocketManager {
@@ -41,7 +56,8 @@ export class WebSocketManager {
 
   /** Throws `InvalidOptions` (naming the field) when an option is invalid. */
   constructor(options?: WebSocketManagerOptions) {
-    const { scope, service } = buildInScope(Core.make(options))
+    const { redis, ...core } = options ?? {}
+    const { scope, service } = buildInScope(onBus(redis, Core.make(core)))
     this.#scope = scope
     this.service = service
   }
@@ -66,9 +82,31 @@ export class WebSocketManager {
     return runSync(this.service.stats)
   }
 
-  /** Resolves with the number of connections reached. */
-  broadcast(message: unknown, filter?: Core.BroadcastFilter): Promise<number> {
-    return runPromise(this.service.broadcast(message, filter))
+  /**
+   * Resolves with the number of this node's connections reached. With `redis`, every other node's
+   * connections get it too; a filter then needs `{ local: true }` (it rejects with
+   * `FilterNotSerializable` otherwise), and it rejects with `ClusterPublishFailed` (carrying the
+   * local count in `delivered`) when the bus cannot take the message.
+   */
+  broadcast(message: unknown, filter?: Core.BroadcastFilter, options?: Core.BroadcastOptions): Promise<number> {
+    return runPromise(this.service.broadcast(message, filter, options))
+  }
+
+  /**
+   * Every open socket of the user, on every node with `redis`: resolves with the number reached
+   * on this node.
+   */
+  sendToUser(userId: string, message: unknown): Promise<number> {
+    return runPromise(this.service.sendToUser(userId, message))
+  }
+
+  /**
+   * Open connections across the cluster: this node's live count plus every other node's last
+   * announced one (refreshed every third of `presenceTtl`); this node's alone without `redis`.
+   * Rejects with `ClusterUnavailable` while Redis cannot be reached.
+   */
+  getClusterConnections(): Promise<number> {
+    return runPromise(this.service.clusterConnections)
   }
 
   /**

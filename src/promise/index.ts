@@ -4,10 +4,11 @@
  * @since 0.1.0
  */
 export * from "../errors.js"
-export { type AcceptOptions, type AcceptResult, WebSocketManager } from "./WebSocketManager.js"
-export { Broadcaster, type BroadcastOptions, type Channel } from "./Broadcaster.js"
+export { type AcceptOptions, type AcceptResult, WebSocketManager, type WebSocketManagerOptions } from "./WebSocketManager.js"
+export { Broadcaster, type BroadcasterOptions, type BroadcastOptions, type Channel } from "./Broadcaster.js"
 export { WebSocketPool } from "./WebSocketPool.js"
 export type { BackendHealth, HealthEvent } from "../WebSocketPool.js"
 export { attach, type FetchHandler, serve, type Server, type ServerStats, type ServeOptions } from "./serve.js"
-export type { BroadcasterOptions, SlowConsumerPolicy, WebSocketManagerOptions, WebSocketPoolOptions } from "../options.js"
+export type { SlowConsumerPolicy, WebSocketPoolOptions } from "../options.js"
+export type { RedisBusOptions } from "../RedisBus.js"
 export type { CloseInfo, ConnectionContext, ConnectionEnd } from "../Connection.js"
