@@ -282,7 +282,7 @@ const joinCluster = (
       if (present) {
         const scope = Effect.runSync(Scope.make())
         userTopics.set(userId, scope)
-        runFork(Scope.extend(
+        Effect.runSync(Scope.extend(
           ClusterEnvelope.listen(bus, origin, ClusterEnvelope.topics.user(userId), (received) => {
             const sockets = registry.userSet(userId)
             if (sockets !== undefined) fanOut.send(sockets.values(), [received.encoded], [true])

@@ -94,6 +94,23 @@ describeRedis("the facade's redis option", () => {
     expect(await silent(onA)).toBe("silent")
   })
 
+  it("subscribes sockets and builds more managers synchronously once the bus is connected", async () => {
+    const a = await startNode(redis.url)
+    // Connected: a subscription now takes a Redis round trip, which the synchronous calls must not wait for.
+    await eventually(() => false, 300).catch(() => {})
+    const sockets = await Promise.all(Array.from({ length: 5 }, () => client(a.url)))
+    await eventually(() => a.broadcaster.getStats().subscriptions === 5, 3_000, "5 subscriptions")
+    const later = new WebSocketManager({ redis: { url: redis.url } })
+    cleanups.push(() => later.close())
+    const heard = Promise.all(sockets.map((ws) => nextMessage(ws)))
+    let crossed = false
+    await eventually(() => {
+      void later.broadcast("from a later manager").then(() => crossed = true)
+      return crossed
+    })
+    await heard
+  })
+
   it("rejects a filter without local: true, and delivers it on this node with it", async () => {
     const a = await startNode(redis.url)
     const here = await client(a.url)

@@ -11,7 +11,7 @@
  * service's, not the process's: two services of one process sharing a bus reach each other. Anything that does not parse whole (another program
  * publishing on the topic, a future format) is counted and dropped, never delivered in part.
  */
-import type { Effect, Scope } from "effect"
+import { Effect, Scope } from "effect"
 import { isUtf8 } from "node:buffer"
 import { randomUUID } from "node:crypto"
 import type { ClusterBus } from "../ClusterBus.js"
@@ -85,6 +85,11 @@ export const makeOrigin = (): Buffer => Buffer.from(randomUUID())
 /**
  * Listens on a topic for what other nodes publish, while the scope is open: the node's own echo
  * is skipped, and a payload that is not a whole envelope is counted and dropped.
+ *
+ * Returns at once, without waiting for the engine to confirm the subscription (a Redis SUBSCRIBE
+ * round trip): the facade subscribes sockets synchronously, and a pub/sub subscription is
+ * asynchronous in every broker anyway. What other nodes publish before the engine has it is not
+ * received, as with socket.io's adapter.
  */
 export const listen = (
   bus: ClusterBus,
@@ -92,16 +97,23 @@ export const listen = (
   topic: string,
   onMessage: (received: Received) => void
 ): Effect.Effect<void, never, Scope.Scope> =>
-  bus.subscribe(topic, (payload) => {
-    const received = unwrap(payload, self)
-    if (received === ECHO) return
-    if (received === undefined) {
-      metrics.malformed.unsafeUpdate(1, noTags)
-      return
-    }
-    metrics.received.unsafeUpdate(1, noTags)
-    onMessage(received)
-  })
+  Effect.flatMap(Effect.scope, (scope) =>
+    Effect.asVoid(Effect.forkIn(
+      Scope.extend(
+        bus.subscribe(topic, (payload) => {
+          const received = unwrap(payload, self)
+          if (received === ECHO) return
+          if (received === undefined) {
+            metrics.malformed.unsafeUpdate(1, noTags)
+            return
+          }
+          metrics.received.unsafeUpdate(1, noTags)
+          onMessage(received)
+        }),
+        scope
+      ),
+      scope
+    )))
 
 /** The bus topics of the services, under the engine's own prefix. */
 export const topics = {
