@@ -5,7 +5,7 @@ import { readFileSync, writeFileSync } from "node:fs"
 const readme = new URL("../README.md", import.meta.url)
 let text = readFileSync(readme, "utf8")
 // `node scripts/readme-bench.mjs soak` copies only the tables named (npm run soak does).
-const names = process.argv.length > 2 ? process.argv.slice(2) : ["idle", "fanout", "latency", "ceiling", "churn", "pool"]
+const names = process.argv.length > 2 ? process.argv.slice(2) : ["idle", "fanout", "latency", "ceiling", "churn", "pool", "cluster"]
 for (const name of names) {
   const results = readFileSync(new URL(`../bench/results/${name}.md`, import.meta.url), "utf8").trim()
   const pattern = new RegExp(`(<!-- bench:${name} -->\\n)[\\s\\S]*?(\\n<!-- /bench:${name} -->)`)

@@ -301,7 +301,7 @@ const joinCluster = (
     const announce = Effect.suspend(() =>
       bus.announce(PRESENCE_GROUP, presenceMember, String(registry.size), presenceTtl)
     ).pipe(
-      Effect.catchAll((error) => Effect.logWarning("could not announce this node's connection count", error))
+      Effect.catchAll((error) => Effect.logWarning(`Could not announce this node's connection count: ${error.message}`))
     )
     yield* Effect.forkScoped(Effect.repeat(announce, Schedule.spaced(Duration.millis(Math.floor(presenceTtl / 3)))))
   })
