@@ -147,7 +147,7 @@ export const make = (options: WebSocketPoolOptions): Effect.Effect<WebSocketPool
     const admission = new Admission(config.maxConnections)
     /** Acquisitions searching in a fiber of their own, each with what fails it with `PoolClosed`. */
     const searching = new Set<() => void>()
-    /** Idle connections that fast-path acquisitions are about to take. */
+    /** Idle connections that acquisitions are about to take (see `lendIdle`). */
     let claimed = 0
     const healthEvents = yield* PubSub.unbounded<HealthEvent>()
     const validationTimeout = Math.min(VALIDATION_PING_TIMEOUT, config.acquireTimeout)
@@ -191,7 +191,9 @@ export const make = (options: WebSocketPoolOptions): Effect.Effect<WebSocketPool
     // A connection that dies leaves the pool, which opens a replacement if it is below min.
     const onPooledClose = function(this: WebSocket) {
       connections.forget(this)
-      if (!closed) runFork(invalidate(this))
+      if (closed) return
+      connections.dropping++
+      runFork(Effect.ensuring(invalidate(this), Effect.sync(() => connections.dropping--)))
     }
 
     const pool: Pool.Pool<WebSocket, NoHealthyBackend | BackendConnectFailed> = yield* ScopeModule.extend(
@@ -217,11 +219,24 @@ export const make = (options: WebSocketPoolOptions): Effect.Effect<WebSocketPool
     // Pool.invalidate's type asks for a Scope it does not use.
     const invalidate = (socket: WebSocket) => Effect.scoped(Pool.invalidate(pool, socket))
 
-    /** Back to the pool when its loan's scope closes; a connection that is no longer open, never. */
-    const giveBack = (socket: WebSocket) =>
+    /**
+     * After effect's Pool has taken a connection back: the loan is over (unless the connection is
+     * on a new loan already), and one that is no longer open is dropped rather than kept.
+     */
+    const settle = (loan: Loan) =>
       Effect.suspend(() => {
-        loans.delete(socket)
-        return socket.readyState === WebSocket.OPEN ? Effect.void : invalidate(socket)
+        if (loans.get(loan.socket) === loan) loans.delete(loan.socket)
+        return loan.socket.readyState === WebSocket.OPEN ? Effect.void : invalidate(loan.socket)
+      })
+
+    /** A loan that was not handed out (or whose caller left) goes back, its place kept. */
+    const giveBack = (loan: Loan) => Effect.zipRight(ScopeModule.close(loan.scope!, Exit.void), settle(loan))
+
+    /** A held loan's end, once its connection is back: its place goes to the next waiter. */
+    const endLoan = (loan: Loan) =>
+      Effect.suspend(() => {
+        admission.leave()
+        return settle(loan)
       })
 
     const validate = (socket: WebSocket) =>
@@ -233,30 +248,34 @@ export const make = (options: WebSocketPoolOptions): Effect.Effect<WebSocketPool
 
     type Restore = <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
 
+    /**
+     * A connection from effect's Pool, on loan in a scope of its own. Connecting retries until it
+     * succeeds, so the pool hands out no failed acquisitions. An exit while the Pool is handing
+     * it over (an interruption, by `restore`) gives it back.
+     */
+    const borrow = (restore: Restore) =>
+      Effect.flatMap(ScopeModule.make(), (scope) =>
+        Effect.map(
+          Effect.onExit(
+            Effect.orDie(restore(ScopeModule.extend(Pool.get(pool), scope))),
+            (exit) => Exit.isSuccess(exit) ? Effect.void : ScopeModule.close(scope, exit)
+          ),
+          (socket): Loan => {
+            const loan: Loan = { socket, scope, holder: "validating" }
+            loans.set(socket, loan)
+            return loan
+          }
+        ))
+
     /** One try: a valid connection, or `undefined` after giving back one that is not. */
     const attempt = (restore: Restore) =>
-      Effect.flatMap(ScopeModule.make(), (scope) =>
-        restore(ScopeModule.extend(Pool.get(pool), scope)).pipe(
-          // Connecting retries until it succeeds, so the pool hands out no failed acquisitions.
-          Effect.orDie,
-          Effect.tap((socket) =>
-            Effect.zipRight(
-              ScopeModule.addFinalizer(scope, giveBack(socket)),
-              Effect.sync(() => loans.set(socket, { socket, scope, holder: "validating" }))
-            )
-          ),
-          Effect.flatMap((socket) =>
-            Effect.map(validate(socket), (valid): Loan | undefined => {
-              if (valid) return loans.get(socket)
-              // It does not answer: terminated, so giving it back drops it.
-              socket.terminate()
-              return undefined
-            })
-          ),
-          Effect.onExit((exit) =>
-            Exit.isSuccess(exit) && exit.value !== undefined ? Effect.void : ScopeModule.close(scope, exit)
-          )
-        ))
+      Effect.flatMap(borrow(restore), (loan) =>
+        Effect.flatMap(validate(loan.socket), (valid): Effect.Effect<Loan | undefined> => {
+          if (valid) return Effect.succeed(loan)
+          // It does not answer: terminated, so giving it back drops it.
+          loan.socket.terminate()
+          return Effect.as(giveBack(loan), undefined)
+        }))
 
     /**
      * Tries until a valid connection is found. Interruptible only while effect's Pool makes it
@@ -271,8 +290,6 @@ export const make = (options: WebSocketPoolOptions): Effect.Effect<WebSocketPool
         )
         return loop
       })
-
-    const closeLoan = (loan: Loan) => ScopeModule.close(loan.scope, Exit.void)
 
     /**
      * A connection by `deadline`, or a typed failure. effect's Pool waits uninterruptibly while it
@@ -304,7 +321,7 @@ export const make = (options: WebSocketPoolOptions): Effect.Effect<WebSocketPool
           resume(Effect.fail(new PoolAcquireTimeout({ timeoutMillis: config.acquireTimeout })))
         }, deadline - Date.now())
         const fiber = runFork(search((got) => {
-          if (settled) return runFork(closeLoan(got))
+          if (settled) return runFork(giveBack(got))
           settle()
           delivered = got
           resume(Effect.succeed(got))
@@ -316,58 +333,79 @@ export const make = (options: WebSocketPoolOptions): Effect.Effect<WebSocketPool
           resume(Effect.failCause(exit.cause))
         })
         // A caller interrupted after its connection was handed over, but before it got it.
-        return Effect.sync(() => (settled ? delivered && runFork(closeLoan(delivered)) : leave()))
+        return Effect.sync(() => (settled ? delivered && runFork(giveBack(delivered)) : leave()))
       })
 
     /**
-     * With an idle connection to take and nothing to validate, effect's Pool hands it over at
-     * once: no search fiber and no timer. Otherwise, or if it turned out closed, a search.
+     * An idle connection, taken from effect's Pool in this fiber into the scope it runs in: no
+     * search fiber, no timer, no scope of its own. Only when `lendable` holds: every connection
+     * is open, so there is nothing to check, and more are idle than `claimed` (takers that could
+     * lose their turn to another fiber before the Pool hands theirs over). The loan's end is
+     * added to the scope before the Pool's release, so it runs after it. There is no loan scope
+     * to give a connection back through, so one that dies during this step is handed out, like
+     * one that dies just after it.
      */
-    const take = (deadline: number, restore: Restore) =>
-      Effect.suspend(() => {
-        if (config.validateOnCheckout || !connections.idleBeyond(claimed)) return restore(searchUntil(deadline))
+    const lendIdle = (holder: Loan["holder"]): Effect.Effect<Loan, never, ScopeModule.Scope> =>
+      Effect.scopeWith((scope) => {
+        const loan: Loan = { socket: undefined!, scope: undefined, holder }
         claimed++
-        return Effect.flatMap(
-          Effect.ensuring(attempt(restore), Effect.sync(() => claimed--)),
-          (got) => got === undefined ? restore(searchUntil(deadline)) : Effect.succeed(got)
+        return Effect.zipRight(
+          ScopeModule.addFinalizer(scope, endLoan(loan)),
+          Effect.map(Effect.orDie(Pool.get(pool)), (socket) => {
+            claimed--
+            loan.socket = socket
+            loans.set(socket, loan)
+            return loan
+          })
         )
       })
 
+    const lendable = () => !config.validateOnCheckout && connections.lendable(claimed)
+
     /**
-     * An acquisition: a place among the `maxConnections` inside effect's Pool (in arrival order),
-     * then a connection. Run uninterruptibly by its caller, with `restore` for the waits only: no
-     * exit loses its place or its connection, and the caller takes the loan over (its `holder`)
-     * before anything can interrupt it.
+     * A connection searched for (to be opened, or validated) in its own loan scope, which the
+     * scope this runs in closes: the place is given back if none is found.
+     */
+    const lendFound = (holder: Loan["holder"], deadline: number, restore: Restore) =>
+      Effect.flatMap(
+        Effect.onError(restore(searchUntil(deadline)), () => Effect.sync(() => admission.leave())),
+        (loan) => {
+          loan.holder = holder
+          const end = Effect.zipRight(ScopeModule.close(loan.scope!, Exit.void), endLoan(loan))
+          return Effect.scopeWith((scope) => Effect.as(ScopeModule.addFinalizer(scope, end), loan))
+        }
+      )
+
+    /**
+     * An acquisition held until the scope it runs in closes: a place among the `maxConnections`
+     * inside effect's Pool (in arrival order), then a connection. Run uninterruptibly by its
+     * caller, with `restore` for the waits only: no exit loses its place or its connection. With
+     * a place and an open idle connection free, it is one synchronous step of the caller's fiber.
      */
     const acquire = (holder: Loan["holder"], restore: Restore) =>
-      Effect.suspend((): Effect.Effect<Loan, AcquireError> => {
+      Effect.suspend((): Effect.Effect<Loan, AcquireError, ScopeModule.Scope> => {
         if (closed) return Effect.fail(new PoolClosed())
         if (!backends.some((backend) => backend.available)) {
           return Effect.fail(new NoHealthyBackend({ backends: backendIds }))
         }
         const deadline = Date.now() + config.acquireTimeout
+        if (admission.tryEnter()) return lendable() ? lendIdle(holder) : lendFound(holder, deadline, restore)
         return Effect.zipRight(
           restore(admission.enter(deadline, config.acquireTimeout)),
-          take(deadline, restore).pipe(
-            Effect.tap((loan) => {
-              loan.holder = holder
-            }),
-            Effect.onError(() => Effect.sync(() => admission.leave()))
-          )
+          Effect.suspend(() => lendable() ? lendIdle(holder) : lendFound(holder, deadline, restore))
         )
       })
 
-    /** Gives the connection back, then the place in effect's Pool to the next waiter. */
-    const endLoan = (loan: Loan) => Effect.ensuring(closeLoan(loan), Effect.sync(() => admission.leave()))
+    const get = Effect.uninterruptibleMask((restore) => Effect.map(acquire("get", restore), (loan) => loan.socket))
 
-    const get = Effect.uninterruptibleMask((restore) =>
-      Effect.flatMap(
-        acquire("get", restore),
-        (loan) => Effect.as(Effect.addFinalizer(() => endLoan(loan)), loan.socket)
-      )
+    /** Held in a scope of its own, which `release` closes. */
+    const checkout = Effect.uninterruptibleMask((restore) =>
+      Effect.flatMap(ScopeModule.make(), (scope) =>
+        Effect.map(ScopeModule.extend(acquire("checkout", restore), scope), (loan) => {
+          loan.scope = scope
+          return loan.socket
+        }))
     )
-
-    const checkout = Effect.uninterruptibleMask((restore) => Effect.map(acquire("checkout", restore), (loan) => loan.socket))
 
     const release = (socket: WebSocket) =>
       Effect.suspend(() => {
@@ -377,7 +415,7 @@ export const make = (options: WebSocketPoolOptions): Effect.Effect<WebSocketPool
         }
         // Released once: a second release of it fails, even before its scope has closed.
         loan.holder = "get"
-        return endLoan(loan)
+        return ScopeModule.close(loan.scope!, Exit.void)
       })
 
     const health = Effect.sync(() => {

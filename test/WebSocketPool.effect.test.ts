@@ -126,6 +126,44 @@ describe("WebSocketPool (Effect API)", () => {
       yield* pool.release(next)
     }))
 
+  it.scopedLive("an idle connection is handed out in one synchronous step, by get and by checkout", () =>
+    Effect.gen(function*() {
+      const b1 = yield* backend
+      const pool = yield* WebSocketPool.make({ url: b1.url, minConnections: 2, maxConnections: 2 })
+      yield* Effect.promise(() => eventually(() => Effect.runSync(pool.idleCount) === 2, 3_000))
+      // runSync throws if the acquisition waits for anything: a fiber, a timer, a callback.
+      const [held, inScope] = Effect.runSync(Effect.scoped(Effect.gen(function*() {
+        const held = yield* pool.checkout
+        const inScope = yield* pool.get
+        expect([yield* pool.activeCount, yield* pool.idleCount]).toEqual([2, 0])
+        return [held, inScope]
+      })))
+      expect(held).not.toBe(inScope)
+      expect([yield* pool.activeCount, yield* pool.idleCount]).toEqual([1, 1])
+      Effect.runSync(pool.release(held))
+      expect([yield* pool.activeCount, yield* pool.idleCount, yield* pool.waitingCount]).toEqual([0, 2, 0])
+      expect((yield* Effect.flip(pool.release(held)))._tag).toBe("InvalidRelease")
+    }))
+
+  it.scopedLive("an idle connection someone closed is not handed out, while an open one is idle next to it", () =>
+    Effect.gen(function*() {
+      const b1 = yield* backend
+      const pool = yield* WebSocketPool.make({ url: b1.url, minConnections: 2, maxConnections: 2, acquireTimeout: 3_000 })
+      yield* Effect.promise(() => eventually(() => Effect.runSync(pool.idleCount) === 2, 3_000))
+      const [a, b] = yield* Effect.scoped(Effect.all([pool.get, pool.get]))
+      a.close()
+      // In the tick of the close, before the pool hears of it; whichever the Pool picks first.
+      for (let i = 0; i < 3; i++) {
+        const socket = yield* Effect.scoped(pool.get)
+        expect(socket).not.toBe(a)
+        expect(socket.readyState).toBe(WebSocket.OPEN)
+      }
+      const held = yield* pool.checkout
+      expect([held.readyState, held === a]).toEqual([WebSocket.OPEN, false])
+      yield* pool.release(held)
+      expect(b.readyState).toBe(WebSocket.OPEN)
+    }))
+
   it.scopedLive("a get that leaves while its connection is being validated: the connection goes back once it answers", () =>
     Effect.gen(function*() {
       const b1 = yield* backend

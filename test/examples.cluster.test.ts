@@ -64,7 +64,8 @@ const chatMessage = (ws: WebSocket, type: string, what: string, name?: string) =
     new Promise<Record<string, unknown>>((resolve) => {
       const onMessage = (data: Buffer) => {
         const message = JSON.parse(data.toString())
-        if (message.type !== type || (name !== undefined && message.name !== name)) return
+        // `name` is who joined, or who wrote: a sender also hears its own message, maybe late.
+        if (message.type !== type || (name !== undefined && (message.name ?? message.from) !== name)) return
         ws.off("message", onMessage)
         resolve(message)
       }
@@ -134,11 +135,11 @@ describeRedis("cluster example", () => {
     const [bob, ann] = clients as [WebSocket, WebSocket]
     expect(await annJoined).toMatchObject({ type: "joined", name: "ann", node: "A" })
 
-    const bobHears = chatMessage(bob, "message", "bob to hear ann")
+    const bobHears = chatMessage(bob, "message", "bob to hear ann", "ann")
     ann.send(JSON.stringify({ text: "hello from A" }))
     expect(await bobHears).toMatchObject({ type: "message", from: "ann", text: "hello from A", node: "A" })
 
-    const annHears = chatMessage(ann, "message", "ann to hear bob")
+    const annHears = chatMessage(ann, "message", "ann to hear bob", "bob")
     bob.send(JSON.stringify({ text: "hi from B" }))
     expect(await annHears).toMatchObject({ type: "message", from: "bob", text: "hi from B", node: "B" })
 

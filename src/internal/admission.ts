@@ -26,6 +26,13 @@ export class Admission {
     return this.queue.size
   }
 
+  /** A slot if one is free; nobody waits then, since a leaving acquisition hands its slot on. */
+  tryEnter(): boolean {
+    if (this.inside >= this.capacity) return false
+    this.inside++
+    return true
+  }
+
   /**
    * A slot, at once when one is free; otherwise in arrival order, or `PoolAcquireTimeout` at
    * `deadline` (epoch ms). Interrupted while waiting, the caller leaves the queue; once it has
@@ -33,10 +40,7 @@ export class Admission {
    */
   enter(deadline: number, timeoutMillis: number): Effect.Effect<void, PoolAcquireTimeout | PoolClosed> {
     return Effect.suspend(() => {
-      if (this.inside < this.capacity) {
-        this.inside++
-        return Effect.void
-      }
+      if (this.tryEnter()) return Effect.void
       return Effect.async<void, PoolAcquireTimeout | PoolClosed>((resume) => {
         let admitted = false
         const settle = () => {

@@ -7,12 +7,14 @@ import WebSocket from "ws"
 import type { PoolBackend } from "./poolBackend.js"
 
 /**
- * A connection out of effect's Pool, and the scope that gives it back when closed. While it is
- * validated nobody holds it; then its holder is a scoped `get` or a `checkout` (which `release` ends).
+ * A connection out of effect's Pool. While it is validated nobody holds it; then its holder is a
+ * scoped `get` or a `checkout` (which `release` ends). `scope` is the loan's own scope, closed to
+ * end it; a `get` that took an idle connection has none, its caller's scope holds the loan. The
+ * loan's end is set up before the Pool hands `socket` over, so `socket` is set once it has.
  */
 export interface Loan {
-  readonly socket: WebSocket
-  readonly scope: Scope.CloseableScope
+  socket: WebSocket
+  scope: Scope.CloseableScope | undefined
   holder: "validating" | "get" | "checkout"
 }
 
@@ -23,6 +25,8 @@ export class PoolConnections {
   /** Open pooled connections, until they close or the pool drops them. */
   readonly live = new Set<WebSocket>()
   readonly loans = new Map<WebSocket, Loan>()
+  /** Connections that closed while in effect's Pool, until the Pool has dropped them. */
+  dropping = 0
 
   /** A new connection to `backend` is open. */
   adopt(socket: WebSocket, backend: PoolBackend): void {
@@ -44,13 +48,18 @@ export class PoolConnections {
     return !this.loans.has(socket) && socket.readyState === WebSocket.OPEN
   }
 
-  /** Whether more than `claimed` connections are idle. */
-  idleBeyond(claimed: number): boolean {
+  /**
+   * Whether effect's Pool would hand out an open connection at once: more than `claimed` are
+   * idle, and every connection is open (one closing may be on its way back to the Pool).
+   */
+  lendable(claimed: number): boolean {
+    if (this.dropping > 0) return false
     let idle = 0
     for (const socket of this.live) {
-      if (this.isIdle(socket) && ++idle > claimed) return true
+      if (socket.readyState !== WebSocket.OPEN) return false
+      if (!this.loans.has(socket)) idle++
     }
-    return false
+    return idle > claimed
   }
 
   /** Held connections (a dead one until it is given back) and idle ones, of one backend or all. */
