@@ -173,7 +173,8 @@ describeRedis("RedisBus", () => {
         Effect.promise(() => redis.config("SET", "requirepass", "right-pw"))))
       const url = `redis://:wr0ng-pw@127.0.0.1:${guarded.port}`
       const logs = captureLogs()
-      const error = yield* Effect.flip(Effect.scoped(RedisBus.make({ url, connectTimeout: 300 }))).pipe(
+      // Long enough for at least one refused AUTH on a loaded machine: the error names the last attempt's reason.
+      const error = yield* Effect.flip(Effect.scoped(RedisBus.make({ url, connectTimeout: 2_000 }))).pipe(
         Effect.provide(logs.layer)
       )
       expect(error._tag).toBe("ClusterUnavailable")

@@ -11,7 +11,14 @@ describe("WebSocketPool (Effect API)", () => {
   it.scopedLive("checks a connection out for the life of a scope", () =>
     Effect.gen(function*() {
       const b1 = yield* backend
-      const pool = yield* WebSocketPool.make({ backends: [{ id: "b1", url: b1.url }], maxConnections: 1, acquireTimeout: 100 })
+      const pool = yield* WebSocketPool.make({
+        backends: [{ id: "b1", url: b1.url }],
+        minConnections: 1,
+        maxConnections: 1,
+        acquireTimeout: 100
+      })
+      // Opened before the short acquireTimeout starts counting: a loaded machine may take longer to connect.
+      while ((yield* pool.idleCount) < 1) yield* Effect.sleep("10 millis")
       const socket = yield* Effect.scoped(
         Effect.gen(function*() {
           const socket = yield* pool.get
