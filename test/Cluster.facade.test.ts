@@ -78,8 +78,10 @@ describeRedis("the facade's redis option", () => {
     const onA = await client(a.url)
     const onB = await client(`${b.url}/?user=ann`)
     await eventually(() => a.broadcaster.getStats().subscriptions === 1 && b.broadcaster.getStats().subscriptions === 1)
-    // One publishing and one subscribing connection for the whole process, the channel subscribed once.
-    const seen = await inspect(redis.url)
+    // One publishing and one subscribing connection for the whole process, the channel subscribed once
+    // (the SUBSCRIBE goes out in the background: the synchronous subscribe does not wait for it).
+    let seen = await inspect(redis.url)
+    for (const deadline = Date.now() + 5_000; seen.room === 0 && Date.now() < deadline;) seen = await inspect(redis.url)
     expect(seen.clients).toBe(2)
     expect(seen.room).toBe(1)
 
