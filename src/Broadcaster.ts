@@ -1,8 +1,8 @@
 /**
  * Broadcast channels. Each channel is an actor: an effect `PubSub` and one fiber that takes what
  * is published in batches and writes it to the channel's subscribed sockets, framed once, in
- * publish order. Server-side consumers (`Channel.messages`, and later a cross-process bridge)
- * subscribe to the same `PubSub`.
+ * publish order. Server-side consumers (`Channel.messages`) subscribe to the same `PubSub`, and
+ * with a cross-node `ClusterBus` what other nodes publish on the channel is put into it as well.
  *
  * A subscription lives in its connection's scope: a connection that ends leaves every channel
  * without anyone calling `unsubscribe`.
