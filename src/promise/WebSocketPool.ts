@@ -9,7 +9,7 @@ import type WebSocket from "ws"
 import type { WebSocketPoolOptions } from "../options.js"
 import type * as Core from "../WebSocketPool.js"
 import { make } from "../WebSocketPool.js"
-import { buildInScope, runPromise, runPromiseDirect, runSync } from "./runtime.js"
+import { buildInScope, runPromise, runSync } from "./runtime.js"
 
 /**
  * Emits `'backend-healthy'` and `'backend-unhealthy'` with a `{ type, backend, at }` event.
@@ -34,7 +34,7 @@ export class WebSocketPool extends EventEmitter {
 
   /** Rejects with `PoolAcquireTimeout`, `NoHealthyBackend` or `PoolClosed`. */
   acquire(): Promise<WebSocket> {
-    return runPromiseDirect(this.service.checkout)
+    return runPromise(this.service.checkout)
   }
 
   /** Throws `InvalidRelease` for a connection that is not checked out. */

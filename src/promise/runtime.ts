@@ -4,17 +4,12 @@
  */
 import { Cause, Effect, Exit, Scope } from "effect"
 
-export const runPromise = <A, E>(effect: Effect.Effect<A, E>): Promise<A> =>
-  Effect.runPromiseExit(effect).then((exit) =>
-    Exit.isSuccess(exit) ? exit.value : Promise.reject(Cause.squash(exit.cause))
-  )
-
 /**
- * As `runPromise`, with one Promise and no `then` hop: the fiber starts at once, one that
- * completes without waiting (the pool's checkout of an idle connection) settles its Promise
- * directly, and one that waits settles it from an observer of its exit.
+ * One Promise and no `then` hop: the fiber starts at once, one that completes without waiting
+ * (an accept without authentication, the pool's checkout of an idle connection) settles its
+ * Promise directly, and one that waits settles it from an observer of its exit.
  */
-export const runPromiseDirect = <A, E>(effect: Effect.Effect<A, E>): Promise<A> => {
+export const runPromise = <A, E>(effect: Effect.Effect<A, E>): Promise<A> => {
   const fiber = Effect.runFork(effect)
   const exit = fiber.unsafePoll()
   if (exit !== null) return Exit.isSuccess(exit) ? Promise.resolve(exit.value) : Promise.reject(Cause.squash(exit.cause))
