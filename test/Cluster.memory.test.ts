@@ -191,6 +191,50 @@ describe("Cluster on a memory hub (Effect API)", () => {
       expect(count()).toBe(1)
     }))
 
+  it.scoped("an empty string and binary that is not UTF-8 cross as they are, text as text and binary as binary", () =>
+    Effect.gen(function*() {
+      const hub = new ClusterBus.MemoryHub()
+      const a = yield* startNode(hub)
+      const b = yield* startNode(hub)
+      const remote = yield* client(b.url)
+      yield* Effect.promise(() => eventually(() => (hub.topics.get("channel:room")?.size ?? 0) === 1))
+      const frames: Array<{ data: Buffer; binary: boolean }> = []
+      remote.on("message", (data: Buffer, binary: boolean) => frames.push({ data, binary }))
+      yield* a.broadcaster.broadcast("room", "")
+      yield* a.broadcaster.broadcast("room", Buffer.from([0xff, 0xfe, 0x00]))
+      yield* Effect.promise(() => eventually(() => frames.length === 2))
+      expect(frames.map(({ binary, data }) => ({ binary, bytes: [...data] }))).toEqual([
+        { binary: false, bytes: [] },
+        { binary: true, bytes: [0xff, 0xfe, 0x00] }
+      ])
+    }))
+
+  it.scoped("a broadcast to a channel no node has resolves with 0 and delivers nothing", () =>
+    Effect.gen(function*() {
+      const hub = new ClusterBus.MemoryHub()
+      const a = yield* startNode(hub)
+      expect(yield* a.broadcaster.broadcast("nobody-listens", "x")).toBe(0)
+      expect(yield* a.manager.sendToUser("nobody", "x")).toBe(0)
+    }))
+
+  it.scoped("without a bus: clusterConnections is this node's count, sendToUser reaches the user's sockets here", () =>
+    Effect.gen(function*() {
+      const manager = yield* WebSocketManager.make({
+        authentication: { validator: (request: Request) => new URL(request.url).searchParams.get("user") }
+      })
+      const server = yield* NodeServer.serve(NodeServer.fromFetch((request) =>
+        Effect.runPromise(Effect.map(manager.accept(request), ({ response }) => response))
+      ))
+      const url = server.url.replace("http", "ws")
+      const [ann1, ann2] = [yield* client(`${url}/?user=ann`), yield* client(`${url}/?user=ann`)]
+      const bob = yield* client(`${url}/?user=bob`)
+      expect(yield* manager.clusterConnections).toBe(3)
+      const heard = Effect.promise(() => Promise.all([nextMessage(ann1), nextMessage(ann2)]))
+      expect(yield* manager.sendToUser("ann", "hi ann")).toBe(2)
+      expect(yield* heard).toEqual(["hi ann", "hi ann"])
+      expect(yield* silent(bob)).toBe("silent")
+    }))
+
   it.scoped("a payload that is not an envelope is counted and dropped; delivery goes on", () =>
     Effect.gen(function*() {
       const hub = new ClusterBus.MemoryHub()
@@ -205,7 +249,10 @@ describe("Cluster on a memory hub (Effect API)", () => {
         Buffer.from([1, 1, 4, 65, 66, 67, 68, 123]), // JSON kind, data "{" does not parse
         Buffer.from([1, 0, 1, 65, 0xff, 0xfe]), // string kind, not UTF-8
         Buffer.from([1, 9, 1, 65, 66]), // unknown kind
-        Buffer.from([1, 0, 200, 65]) // origin longer than the payload
+        Buffer.from([1, 0, 200, 65]), // origin longer than the payload
+        Buffer.from([1, 0, 0, 65]), // no origin
+        Buffer.from([2, 0, 1, 65, 66]), // a format version this node does not know
+        Buffer.from([1, 0]) // shorter than a header
       ]
       for (const payload of garbage) yield* stranger.publish("channel:room", payload)
       yield* a.broadcaster.broadcast("room", "after the garbage")
