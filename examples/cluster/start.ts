@@ -1,5 +1,6 @@
 /**
- * The cluster chat: a Redis and two chat nodes (node.ts), one command: `npm run example:cluster`.
+ * The cluster chat: a Redis and two nodes of examples/chat/server.ts (given REDIS_URL and NODE_NAME),
+ * one command: `npm run example:cluster`.
  * Open both printed URLs, join in each, and talk across nodes. Ctrl-C stops all three.
  *
  * Run with `node --import tsx`, not the `tsx` command: on Ctrl-C that one SIGKILLs a child that
@@ -84,7 +85,7 @@ const startRedis = async (): Promise<string> => {
 
 const startNode = (name: string, port: number, redisUrl: string) =>
   new Promise<string>((resolve, reject) => {
-    const child = spawn(process.execPath, ["--import", "tsx", "examples/cluster/node.ts"], {
+    const child = spawn(process.execPath, ["--import", "tsx", "examples/chat/server.ts"], {
       cwd: root,
       env: { ...process.env, NODE_NAME: name, PORT: String(port), REDIS_URL: redisUrl },
       stdio: ["ignore", "pipe", "inherit"]
