@@ -75,3 +75,6 @@ export const median = (values: Array<number>) => {
 }
 
 export const round = (value: number, digits = 2) => Number(value.toFixed(digits))
+
+/** The loopback address a client connects from: clients spread over eight, so a run does not exhaust ephemeral ports. */
+export const clientAddress = (index: number) => `127.0.0.${1 + (index % 8)}`

@@ -4,6 +4,7 @@
  * so that tens of thousands of them do not run out of ephemeral ports.
  */
 import WebSocket from "ws"
+import { clientAddress } from "../lib.js"
 
 const port = Number(process.argv[2])
 const offset = Number(process.argv[3])
@@ -16,7 +17,7 @@ let failed = 0
 
 const open = (index: number) =>
   new Promise<void>((resolve) => {
-    const ws = new WebSocket(`ws://127.0.0.1:${port}/`, { localAddress: `127.0.0.${1 + (index % 8)}`, perMessageDeflate: false })
+    const ws = new WebSocket(`ws://127.0.0.1:${port}/`, { localAddress: clientAddress(index), perMessageDeflate: false })
     const slot = sockets.push(ws) - 1
     lastSeq[slot] = 0
     ws.on("message", (data) => {

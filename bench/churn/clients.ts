@@ -5,6 +5,7 @@
  */
 import { io as connectSocketIO } from "socket.io-client"
 import WebSocket from "ws"
+import { clientAddress } from "../lib.js"
 
 const [variant, port, cycles, wave] = process.argv.slice(2).map((arg, i) => i === 0 ? arg : Number(arg)) as [
   string,
@@ -16,7 +17,7 @@ const [variant, port, cycles, wave] = process.argv.slice(2).map((arg, i) => i ==
 /** Opens a client; resolves to a function that ends it (closing or vanishing) and resolves once it is gone. */
 const open = (index: number) =>
   new Promise<() => Promise<void>>((resolve, reject) => {
-    const localAddress = `127.0.0.${1 + (index % 8)}`
+    const localAddress = clientAddress(index)
     const vanish = index % 2 === 1
     if (variant === "socket.io") {
       const socket = connectSocketIO(`http://127.0.0.1:${port}`, {

@@ -8,6 +8,7 @@
  */
 import { io as connectSocketIO } from "socket.io-client"
 import WebSocket from "ws"
+import { clientAddress } from "../lib.js"
 
 const [variant, port, count] = [process.argv[2]!, Number(process.argv[3]), Number(process.argv[4])]
 const send = (message: object) => process.send!(message)
@@ -37,7 +38,7 @@ const onText = (data: Buffer) => {
 
 const open = (index: number) =>
   new Promise<void>((resolve, reject) => {
-    const localAddress = `127.0.0.${1 + (index % 8)}`
+    const localAddress = clientAddress(index)
     if (variant === "socket.io") {
       const socket = connectSocketIO(`http://127.0.0.1:${port}`, { transports: ["websocket"], reconnection: false, localAddress } as any)
       socket.on("m", (message: { t: number; s: number }) => record(message.t, message.s))

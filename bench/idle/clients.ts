@@ -6,6 +6,7 @@
  */
 import { io as connectSocketIO } from "socket.io-client"
 import WebSocket from "ws"
+import { clientAddress } from "../lib.js"
 
 const [variant, port, count, inFlight] = process.argv.slice(2).map((arg, i) => i === 0 ? arg : Number(arg)) as [
   string,
@@ -21,7 +22,7 @@ const onPing = () => pings++
 
 const open = (index: number) =>
   new Promise<void>((resolve, reject) => {
-    const localAddress = `127.0.0.${1 + (index % 8)}`
+    const localAddress = clientAddress(index)
     if (variant === "socket.io") {
       const socket = connectSocketIO(`http://127.0.0.1:${port}`, {
         transports: ["websocket"],

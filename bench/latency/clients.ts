@@ -6,6 +6,7 @@
 import { performance } from "node:perf_hooks"
 import { io as connectSocketIO } from "socket.io-client"
 import WebSocket from "ws"
+import { clientAddress } from "../lib.js"
 
 const [variant, port, count] = [process.argv[2]!, Number(process.argv[3]), Number(process.argv[4])]
 const send = (message: object) => process.send!(message)
@@ -24,7 +25,7 @@ let publish: (text: string) => void = () => {}
 
 const open = (index: number, publisher: boolean) =>
   new Promise<void>((resolve, reject) => {
-    const localAddress = `127.0.0.${1 + (index % 8)}`
+    const localAddress = clientAddress(index)
     if (variant === "socket.io") {
       const socket = connectSocketIO(`http://127.0.0.1:${port}`, {
         transports: ["websocket"],

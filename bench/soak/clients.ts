@@ -14,12 +14,12 @@ import {
   frame,
   HEARTBEAT_INTERVAL,
   HEARTBEAT_TIMEOUT,
-  localAddress,
   pick,
   type ServerMessage,
   sleep,
   Tally
 } from "./protocol.js"
+import { clientAddress } from "../lib.js"
 
 export interface LoadConfig {
   readonly port: number
@@ -91,7 +91,7 @@ const track = (ws: WebSocket) => {
 
 const connect = (id: string, options: WebSocket.ClientOptions = {}) => {
   const ws = new WebSocket(`ws://127.0.0.1:${config.port}/chat?id=${id}`, {
-    localAddress: localAddress(clientIndex++),
+    localAddress: clientAddress(clientIndex++),
     perMessageDeflate: false,
     ...options
   })

@@ -13,12 +13,12 @@ import {
   frame,
   HEADERS_SLACK,
   HEADERS_TIMEOUT,
-  localAddress,
   MAX_PAYLOAD,
   sleep,
   Tally,
   textFrame
 } from "./protocol.js"
+import { clientAddress } from "../lib.js"
 
 const { durationMillis, perSecond, port } = JSON.parse(process.argv[2]!) as {
   port: number
@@ -55,7 +55,7 @@ const upgradeHead = (
 const open = () =>
   new Promise<{ socket: Socket; bytes: () => Buffer; serverClosed: Promise<void> }>(
     (resolve, reject) => {
-      const socket = connect({ host: "127.0.0.1", port, localAddress: localAddress(connections++) })
+      const socket = connect({ host: "127.0.0.1", port, localAddress: clientAddress(connections++) })
       const chunks: Array<Buffer> = []
       socket.on("data", (chunk) => chunks.push(chunk))
       // A reset from the server is one way of closing; it is not an error here.

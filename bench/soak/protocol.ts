@@ -45,8 +45,6 @@ export const HEADERS_SLACK = 20_000
 /** How long a refused request may take to be answered and closed; generous for the same reason. */
 export const ANSWER_WITHIN = 30_000
 
-/** Local addresses the clients spread over, so a long run does not exhaust ephemeral ports. */
-export const localAddress = (index: number) => `127.0.0.${1 + (index % 8)}`
 
 export type ClientMessage =
   | { readonly t: "join"; readonly ch: string }
