@@ -102,8 +102,7 @@ export class ConnectionRegistry {
   }
 
   ofUser(userId: string): ReadonlyArray<ConnectionImpl> {
-    const sockets = this.byUser.get(userId)
-    return sockets === undefined ? [] : Array.from(sockets)
+    return Array.from(this.userSet(userId) ?? [])
   }
 
   /** A user's live connections, without copying them. */
